@@ -1,0 +1,31 @@
+# mwcomms: the entry points users and CI rely on.
+#   make          .venv with the package installed (.venv/bin/mwcomms, .venv/bin/mwctl)
+#   make test     every test (installs the Debian packages the tests need when run as root)
+#   make demo     the main job
+#   make bench    native vs forwarded benchmarks
+#   make ins-image  the INS as a Xen PV image
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SRC := $(shell find xen mwcomms ins tools shim -type f \( -name '*.c' -o -name '*.h' -o -name '*.py' -o -name '*.cdef' -o -name '*.map' \) 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: all deps test demo bench ins-image clean
+all: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py $(SRC)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check '.[test]'
+	@touch $@
+
+deps:
+	@tools/install-deps.sh
+
+test: all deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: all
+	$(PY) -m mwcomms.tools.demo
+
+clean:
+	rm -rf build $(VENV) *.egg-info

@@ -1,0 +1,1 @@
+"""The INS: the isolated network stack that executes forwarded socket calls."""

@@ -1,0 +1,1 @@
+"""mwctl, the wire codec, and the test and bench harnesses."""

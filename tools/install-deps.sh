@@ -1,0 +1,16 @@
+#!/bin/sh
+# Install the Debian packages the tests and the demo need, when they are missing. Runs apt-get
+# only as root; otherwise says what is missing and carries on (the tests that need it skip).
+set -e
+need=""
+command -v gcc >/dev/null || need="$need gcc libc6-dev"
+command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
+command -v cpio >/dev/null || need="$need cpio"
+[ -n "$need" ] || exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "install-deps: apt-get install$need"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+else
+    echo "install-deps: missing$need (not root: the tests that need them will skip)"
+fi

@@ -1,0 +1,108 @@
+/*
+ * mwcomms platform layer: grant tables and event channels, one API over two backends.
+ *
+ *   xen  /dev/xen/gntalloc, /dev/xen/gntdev and /dev/xen/evtchn of a real Xen domain.
+ *   sim  one host, no hypervisor: a domain is a process (or a group of them) that says which
+ *        domain id it is; a grant is a page of a shared-memory file under the simulation
+ *        directory; an event channel is a doorbell (a FIFO per port) with the semantics of
+ *        /dev/xen/evtchn: notifications coalesce, one fd per handle to poll.
+ *
+ * Everything above this header (the ring library, the engines, the Python control plane) is
+ * the same code on both backends. The backend is picked at run time (struct mw_plat_config,
+ * else the environment: MW_BACKEND=sim|xen, else "xen" when /dev/xen/evtchn exists).
+ *
+ * Error convention: functions return 0 or a non-negative value on success and a negative
+ * errno on failure; they never set errno for the caller. Every close/free accepts NULL.
+ */
+#ifndef MWCOMMS_PLATFORM_H
+#define MWCOMMS_PLATFORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint16_t mw_domid_t;
+
+#define MW_DOMID_SELF 0x7ff0u   /* "my own domain" where a call accepts it */
+
+struct mw_plat_config {
+    const char *backend;   /* "sim", "xen" or NULL: MW_BACKEND, else auto-detect */
+    const char *sim_dir;   /* sim: directory shared by the simulated domains (NULL: MW_SIM_DIR) */
+    int sim_domid;         /* sim: the domain this process belongs to (-1: MW_SIM_DOMID) */
+};
+
+struct mw_plat;            /* one open platform: backend, domain id */
+struct mw_gnt;             /* a set of pages shared with, or mapped from, another domain */
+struct mw_evtchn;          /* an event channel handle: any number of ports, one pollable fd */
+
+/**
+ * Open the platform.
+ * @param cfg  may be NULL (all defaults)
+ * @param out  receives the handle
+ * @return 0, -ENODEV (the chosen backend is not available here), -EINVAL (bad config)
+ */
+int mw_plat_open(const struct mw_plat_config *cfg, struct mw_plat **out);
+void mw_plat_close(struct mw_plat *plat);
+/** @return "sim" or "xen" */
+const char *mw_plat_backend(const struct mw_plat *plat);
+/** @return this domain's id on the sim backend, or -ENOSYS on xen (ask XenStore there) */
+int mw_plat_domid(const struct mw_plat *plat);
+
+/**
+ * Grant `npages` fresh zeroed pages to domain `remote` (read-write).
+ * @param refs  receives npages grant references, in page order
+ * @param addr  receives the local mapping, npages * 4096 bytes, page aligned
+ * @return 0, -ENOMEM, -ENOSPC (out of grant entries), -EINVAL (npages 0 or too large)
+ */
+int mw_gnt_share(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, uint32_t *refs,
+                 void **addr, struct mw_gnt **out);
+
+/**
+ * Map `npages` pages granted by domain `remote`, in the order of `refs`, into one contiguous
+ * read-write region.
+ * @return 0, -ENOENT / -EINVAL (a reference that does not exist or is not granted to us),
+ *         -EPERM, -ENOMEM
+ */
+int mw_gnt_map(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, const uint32_t *refs,
+               void **addr, struct mw_gnt **out);
+
+/** Unmap, or end the sharing of, pages from mw_gnt_share / mw_gnt_map. Accepts NULL. */
+void mw_gnt_release(struct mw_gnt *g);
+
+/** @return the address and page count of a share or a mapping */
+void *mw_gnt_addr(const struct mw_gnt *g);
+uint32_t mw_gnt_npages(const struct mw_gnt *g);
+
+/**
+ * Open an event channel handle. Its fd (mw_evtchn_fd) becomes readable when any of its ports
+ * has a pending notification.
+ * @return 0, -ENODEV, -EMFILE
+ */
+int mw_evtchn_open(struct mw_plat *plat, struct mw_evtchn **out);
+void mw_evtchn_close(struct mw_evtchn *ec);
+int mw_evtchn_fd(const struct mw_evtchn *ec);
+
+/** Allocate a port that domain `remote` may bind to. @return the local port (> 0) or -errno */
+int mw_evtchn_alloc_unbound(struct mw_evtchn *ec, mw_domid_t remote);
+
+/** Bind to `remote_port` of domain `remote`. @return the local port (> 0) or -errno */
+int mw_evtchn_bind_interdomain(struct mw_evtchn *ec, mw_domid_t remote, uint32_t remote_port);
+
+/** Kick the other end of a bound local port. @return 0, -EINVAL (port not ours) */
+int mw_evtchn_notify(struct mw_evtchn *ec, uint32_t port);
+
+/**
+ * Take one pending port, if any, and unmask it (it can fire again).
+ * @return the port (> 0), -EAGAIN when none is pending, or -errno
+ */
+int mw_evtchn_pending(struct mw_evtchn *ec);
+
+/**
+ * Wait until some port is pending or `timeout_ms` passes (-1: forever); does not consume it.
+ * @return 1 when pending, 0 on timeout, -EINTR, -errno
+ */
+int mw_evtchn_wait(struct mw_evtchn *ec, int timeout_ms);
+
+/** Close a local port. @return 0 or -EINVAL */
+int mw_evtchn_unbind(struct mw_evtchn *ec, uint32_t port);
+
+#endif /* MWCOMMS_PLATFORM_H */
