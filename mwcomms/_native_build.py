@@ -1,7 +1,7 @@
 """cffi API-mode builder of mwcomms._native, the C data plane bound into Python.
 
 The C sources and the declarations exposed to Python are gathered by component: each part of
-the tree keeps its own `*.c` files and one `native.cdef` file with what Python may call. Only
+the tree keeps its own `*.c` files and `*.cdef` files declaring what Python may call. Only
 `ffi` and `lib` leave the built module; the typed Python layers wrap them.
 """
 import glob
@@ -23,8 +23,7 @@ def _gather():
     for part in PARTS:
         folder = os.path.join(TOP, part)
         sources += sorted(_rel(p) for p in glob.glob(os.path.join(folder, "*.c")))
-        cdef = os.path.join(folder, "native.cdef")
-        if os.path.exists(cdef):
+        for cdef in sorted(glob.glob(os.path.join(folder, "*.cdef"))):
             with open(cdef) as f:
                 cdefs.append(f.read())
     return sources, "\n".join(cdefs)

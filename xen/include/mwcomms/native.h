@@ -1,6 +1,6 @@
 /* Everything the cffi extension mwcomms._native exposes to Python: the public headers of the
  * data plane, gathered in one place for mwcomms/_native_build.py. Each component that adds a
- * native.cdef adds its header here. */
+ * *.cdef file adds its header here. */
 #ifndef MWCOMMS_NATIVE_H
 #define MWCOMMS_NATIVE_H
 #include "mwcomms/proto.h"
