@@ -9,6 +9,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SRC := $(shell find xen mwcomms ins tools shim -type f \( -name '*.c' -o -name '*.h' -o -name '*.py' -o -name '*.cdef' -o -name '*.map' \) 2>/dev/null)
 PYTEST_ARGS ?=
+# The installed package is assembled from several folders; never let the source folder mwcomms/
+# shadow it (python -m adds the current directory to sys.path unless told not to).
+export PYTHONSAFEPATH := 1
 
 .PHONY: all deps test demo bench ins-image clean
 all: $(VENV)/.installed
