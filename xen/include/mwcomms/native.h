@@ -5,4 +5,5 @@
 #define MWCOMMS_NATIVE_H
 #include "mwcomms/proto.h"
 #include "mwcomms/platform.h"
+#include "mwcomms/codec.h"
 #endif

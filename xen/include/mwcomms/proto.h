@@ -8,7 +8,10 @@
  * Rules that hold for every structure below:
  *  - Fixed-width fields, little-endian (both ends run on the same machine), except the port and
  *    address bytes of struct mw_sockaddr, which keep network byte order as in struct sockaddr.
- *  - Explicit padding, always written as zero and ignored on receipt.
+ *  - Explicit padding, always written as zero and checked on receipt: a pad or an unused byte of a
+ *    message body that is not zero is a protocol violation, so that a later version can give it
+ *    a meaning (negotiated as a feature) and so that every valid message has exactly one
+ *    encoding.
  *  - Every size is pinned by a static assert at the bottom of this file.
  *  - Errors travel as negative Linux errno values (int32_t).
  *  - Nothing read from shared memory is trusted: the receiver copies a message or an index once,
@@ -25,6 +28,8 @@
  *     next D pages               data area: per-socket byte rings and out-of-line buffers
  *
  * C, E, T and D come from XenStore (docs/protocol.md, "Negotiation"), never from shared memory.
+ * C and E are powers of two (indices run free and are reduced modulo the slot count);
+ * T = ceil(sock-slots / MW_SOCKS_PER_PAGE).
  */
 #ifndef MWCOMMS_PROTO_H
 #define MWCOMMS_PROTO_H
@@ -44,6 +49,14 @@
 #define MW_OPT_INLINE_MAX 88u              /* socket option values carried in the slot itself */
 #define MW_OOL_MAX 65536u                  /* largest out-of-line buffer */
 #define MW_DGRAM_MAX 65535u                /* largest datagram payload in a byte ring */
+#define MW_OOL_ALIGN 8u                    /* out-of-line buffers start 8-byte aligned */
+#define MW_ERRNO_MAX 4095                  /* errors are -1 .. -MW_ERRNO_MAX */
+#define MW_GAI_NODE_MAX 1024u              /* GETADDRINFO query: node bytes */
+#define MW_GAI_SERVICE_MAX 64u             /* GETADDRINFO query: service bytes */
+#define MW_AI_ENTRIES_MAX 128u             /* GETADDRINFO answer: entries */
+#define MW_AI_CANON_MAX 1024u              /* GETADDRINFO answer: canonical name bytes */
+#define MW_NI_HOST_MAX 1024u               /* GETNAMEINFO answer: host bytes (NI_MAXHOST - 1) */
+#define MW_NI_SERV_MAX 31u                 /* GETNAMEINFO answer: service bytes (NI_MAXSERV - 1) */
 
 /* ------------------------------------------------------------------------------------------
  * Addresses. One fixed 32-byte form for IPv4 and IPv6; unused bytes are zero.
@@ -64,9 +77,14 @@ struct mw_sockaddr {
 #define MW_AF_INET6 10
 
 /* Socket types on the wire: SOCK_STREAM and SOCK_DGRAM only (no flags; the INS sockets are
- * always non-blocking and close-on-exec). */
+ * always non-blocking and close-on-exec). MW_SOCK_RAW appears only in GETADDRINFO answers. */
 #define MW_SOCK_STREAM 1
 #define MW_SOCK_DGRAM 2
+#define MW_SOCK_RAW 3
+
+/* Protocols on the wire: 0 (the type's default), TCP with SOCK_STREAM, UDP with SOCK_DGRAM. */
+#define MW_IPPROTO_TCP 6
+#define MW_IPPROTO_UDP 17
 
 /* ------------------------------------------------------------------------------------------
  * The command ring: requests from the frontend, responses from the INS, in the discipline of
@@ -129,7 +147,7 @@ struct mw_req_addr {       /* CONNECT, BIND */
 };
 
 struct mw_req_listen {
-    int32_t backlog;
+    int32_t backlog;       /* any value; the INS clamps it as listen(2) does */
     uint32_t pad;
 };
 
@@ -140,16 +158,16 @@ struct mw_req_accept {
 };
 
 struct mw_req_shutdown {
-    int32_t how;           /* SHUT_RD, SHUT_WR or SHUT_RDWR */
+    int32_t how;           /* SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2) */
     uint32_t pad;
 };
 
 struct mw_req_sockopt {    /* GETSOCKOPT, SETSOCKOPT */
     int32_t level;
     int32_t name;
-    uint32_t len;          /* value length (SET) or room for it (GET) */
+    uint32_t len;          /* value length (SET) or room for it (GET), <= MW_OOL_MAX */
     uint32_t pad;
-    struct mw_ool ool;     /* used when len > MW_OPT_INLINE_MAX; else zero */
+    struct mw_ool ool;     /* when len > MW_OPT_INLINE_MAX: ool.len == len; else zero */
     uint8_t val[MW_OPT_INLINE_MAX]; /* SET: the value when len <= MW_OPT_INLINE_MAX */
 };
 
@@ -157,9 +175,9 @@ struct mw_req_sockopt {    /* GETSOCKOPT, SETSOCKOPT */
  * service, no terminators; the INS overwrites it with the answer (struct mw_ai_answer). */
 struct mw_req_getaddrinfo {
     struct mw_ool ool;
-    uint16_t node_len;     /* 0 = NULL node; <= 1024 */
-    uint16_t service_len;  /* 0 = NULL service; <= 64 */
-    int32_t ai_flags;      /* AI_* of the hints */
+    uint16_t node_len;     /* 0 = NULL node; <= MW_GAI_NODE_MAX */
+    uint16_t service_len;  /* 0 = NULL service; <= MW_GAI_SERVICE_MAX */
+    int32_t ai_flags;      /* AI_* of the hints: a subset of MW_AI_FLAGS_ALL */
     int32_t ai_family;     /* AF_UNSPEC, AF_INET or AF_INET6 */
     int32_t ai_socktype;   /* 0, SOCK_STREAM or SOCK_DGRAM */
     int32_t ai_protocol;
@@ -170,14 +188,20 @@ struct mw_req_getaddrinfo {
 struct mw_req_getnameinfo {
     struct mw_ool ool;
     struct mw_sockaddr addr;
-    int32_t flags;         /* NI_* */
+    int32_t flags;         /* NI_*: a subset of MW_NI_FLAGS_ALL */
     uint32_t pad;
 };
+
+/* glibc's AI_* hint flags the INS accepts: PASSIVE, CANONNAME, NUMERICHOST, V4MAPPED, ALL,
+ * ADDRCONFIG, IDN, CANONIDN, NUMERICSERV. */
+#define MW_AI_FLAGS_ALL 0x04ff
+/* glibc's NI_* flags the INS accepts: NUMERICHOST, NUMERICSERV, NOFQDN, NAMEREQD, DGRAM, IDN. */
+#define MW_NI_FLAGS_ALL 0x003f
 
 struct mw_req_ioctl {
     uint32_t request;      /* MW_IOCTL_* */
     uint32_t pad;
-    struct mw_ool ool;     /* argument in, result out */
+    struct mw_ool ool;     /* zero in version 1: every MW_IOCTL_* answers in ret */
 };
 
 #define MW_IOCTL_SIOCATMARK 1   /* ret = 0 or 1 */
@@ -215,18 +239,22 @@ struct mw_rsp_addr {       /* GETSOCKNAME, GETPEERNAME, ACCEPT (peer), BIND/CONN
     struct mw_sockaddr addr;
 };
 
-struct mw_rsp_sockopt {    /* GETSOCKOPT: ret = value length */
-    uint32_t len;          /* bytes of value; inline when <= MW_OPT_INLINE_MAX, else in ool */
+struct mw_rsp_sockopt {    /* GETSOCKOPT: ret = 0 */
+    uint32_t len;          /* bytes of value, <= the request's len; inline when
+                            * <= MW_OPT_INLINE_MAX, else in the request's ool */
     uint32_t pad;
     uint8_t val[MW_OPT_INLINE_MAX];
 };
 
-struct mw_rsp_gai {        /* GETADDRINFO, GETNAMEINFO */
-    int32_t status;        /* 0 or a glibc EAI_* code (negative) */
-    int32_t sys_errno;     /* errno when status is EAI_SYSTEM */
-    uint32_t len;          /* bytes of answer in the out-of-line buffer */
+struct mw_rsp_gai {        /* GETADDRINFO, GETNAMEINFO: ret = 0 once the resolver ran */
+    int32_t status;        /* 0 or a glibc EAI_* code (negative, MW_EAI_MIN .. -1) */
+    int32_t sys_errno;     /* negative errno when status is MW_EAI_SYSTEM, else 0 */
+    uint32_t len;          /* bytes of answer in the out-of-line buffer; 0 when status != 0 */
     uint32_t pad;
 };
+
+#define MW_EAI_SYSTEM (-11)     /* glibc's EAI_SYSTEM */
+#define MW_EAI_MIN (-105)       /* glibc's lowest EAI_* code (EAI_IDN_ENCODE) */
 
 struct mw_rsp_ping {
     uint64_t arg;
@@ -239,7 +267,7 @@ struct mw_rsp {
     uint16_t cmd;          /* cmd of that request */
     uint16_t flags;        /* 0 in version 1 */
     uint32_t sock;         /* sock of that request */
-    int32_t ret;           /* >= 0 success, < 0 negative Linux errno */
+    int32_t ret;           /* 0 success (> 0 only for IOCTL), < 0 negative Linux errno */
     uint32_t pad[2];
     union {
         struct mw_rsp_addr addr;
@@ -325,7 +353,8 @@ struct mw_ctrl_page {
  *
  * Stream sockets carry raw bytes. Datagram sockets carry records: struct mw_dgram_hdr, then
  * len bytes of payload, then zero padding to a multiple of 8; a record may wrap around the end
- * of the ring.
+ * of the ring, and is never larger than the ring (a datagram that cannot fit is refused by the
+ * frontend with EMSGSIZE, dropped by the INS).
  */
 struct mw_sock_front {     /* written by the frontend only */
     uint32_t tx_prod;      /* bytes written into tx */
@@ -363,6 +392,8 @@ struct mw_dgram_hdr {
 };
 
 #define MW_DGRAM_ALIGN 8u
+#define MW_DGRAM_RECORD(len) (sizeof(struct mw_dgram_hdr) + \
+                              (((uint64_t)(len) + MW_DGRAM_ALIGN - 1) & ~(uint64_t)(MW_DGRAM_ALIGN - 1)))
 
 /* ------------------------------------------------------------------------------------------
  * Out-of-line answers of name resolution.
