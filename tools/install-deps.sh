@@ -5,6 +5,9 @@ set -e
 need=""
 command -v gcc >/dev/null || need="$need gcc libc6-dev"
 command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
+# the real-Xen harness (tests/realxen): static test programs need libc.a, strip for the domU kernel
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need="$need libc6-dev"
+command -v strip >/dev/null || need="$need binutils"
 command -v cpio >/dev/null || need="$need cpio"
 [ -n "$need" ] || exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

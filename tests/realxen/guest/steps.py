@@ -1,0 +1,443 @@
+"""The real-Xen payload: the test steps, run by Python 3.11 in dom0 (see ../README.md).
+
+Protocol: every result is one line on dom0's console (hvc0 -> Xen -> com1 -> QEMU stdout):
+
+    XENT PASS <name>[: detail]
+    XENT FAIL <name>: why
+    XENT SKIP <name>: why
+    XENT-LOG <text>              context for a reader, echoed by the harness
+    XENT-BOOT <mark> [detail]    timing marks: dom0-userspace, xenstored-ready, steps-end, done
+
+NAMES lists the steps the harness expects a result for, in run order; a step may add
+sub-results named <step>/<case> (xsconform does, one per conformance case). dom0-init.sh
+reports "dom0-xenstored" itself, and "dom0-python" as FAIL when this file cannot run.
+
+The domU (domu-init.sh) runs an agent: dom0 writes a shell command to
+/local/domain/<D>/data/xent/cmd-<n> (n = 0, 1, ...), the agent runs it in the background and
+answers with data/xent/out-<n> (the tail of its output) then data/xent/rc-<n>. What the two
+sides exchange for a test (grant references, ports) travels through XenStore nodes too: the
+domU writes under its own data/xent/, dom0 writes under the domU's data/xent/ (nodes dom0
+creates there inherit the domU's ownership, so the domU can read them).
+
+Importing this module has no side effects: the host harness imports it for NAMES.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+NAMES = [
+    "dom0-xenstored",     # xen modules, xenfs, the C xenstored, xen-init-dom0 (dom0-init.sh)
+    "dom0-python",        # Python 3.11 runs in dom0
+    "dom0-import",        # the project's package from the host venv imports there
+    "xenstore-pyxs",      # pyxs against the real C xenstored, cross-checked with xenstore-*
+    "domu-boot",          # xl create of a PV domU whose agent answers through XenStore
+    "plat-self",          # platform layer, xen backend: grants + event channels within dom0
+    "plat-domu-offers",   # domU shares and offers a port, dom0 maps and binds
+    "plat-dom0-offers",   # dom0 shares and offers a port, domU maps and binds
+    "ring-stress",        # the ring library across dom0 and the domU
+    "xsconform",          # the XenStore conformance suite against the real xenstored
+    "xenbus-handshake",   # the XenbusState handshake against the real xenstored
+    "domu-shutdown",      # the domU powers off on request and is gone
+]
+
+XS_SOCKET = "/run/xenstored/socket"
+DOMU_NAME = "xent-domu"
+DOMU_CFG = "/etc/xen/xent-domu.cfg"
+XENT_BIN = "/xent/bin"
+
+
+class Fail(Exception):
+    """The step failed; the message says why."""
+
+
+class Skip(Exception):
+    """The step cannot run yet; the message says why."""
+
+
+def emit(status, name, why=""):
+    print("XENT %s %s%s" % (status, name, ": " + why if why else ""), flush=True)
+
+
+def log(text):
+    for line in str(text).rstrip().splitlines():
+        print("XENT-LOG %s" % line, flush=True)
+
+
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def sh(cmd, timeout=60, check=False):
+    """Run a command (argv list or shell string); @return (rc, combined output)."""
+    try:
+        p = subprocess.run(cmd, shell=isinstance(cmd, str), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise Fail("%s: timed out after %ss" % (cmd, timeout)) from e
+    if check and p.returncode != 0:
+        raise Fail("%s: rc=%d: %s" % (cmd, p.returncode, p.stdout.strip()[-300:]))
+    return p.returncode, p.stdout
+
+
+def xs_read(path):
+    rc, out = sh(["xenstore-read", path])
+    return out.rstrip("\n") if rc == 0 else None
+
+
+def xs_write(path, value):
+    sh(["xenstore-write", path, value], check=True)
+
+
+def wait_for(what, probe, timeout, interval=0.1):
+    """Poll `probe()` until it returns something not None; Fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        v = probe()
+        if v is not None:
+            return v
+        if time.monotonic() > end:
+            raise Fail("%s: nothing after %.0f s" % (what, timeout))
+        time.sleep(interval)
+
+
+def manifest():
+    """What the harness built: program name -> "built" | "missing: why" | "failed: why"."""
+    out = {}
+    with open("/xent/manifest") as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            out[k] = v
+    return out
+
+
+def program(name):
+    """Path of a test program; Skip when its source is not there yet, Fail when it did not build."""
+    state = manifest().get(name, "missing: not known to the harness")
+    if state == "built":
+        return os.path.join(XENT_BIN, name)
+    if state.startswith("missing"):
+        raise Skip("not yet built (%s)" % state.partition(": ")[2])
+    raise Fail("%s did not build: %s" % (name, state.partition(": ")[2]))
+
+
+def config(key, default):
+    with open("/xent/config") as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            if k == key:
+                return type(default)(v)
+    return default
+
+
+class Domu:
+    """The PV domU and its agent (domu-init.sh)."""
+
+    def __init__(self):
+        self.domid = None
+        self.error = None      # why it could not be started, once tried
+        self.detail = ""       # how the start went
+        self.next = 0
+
+    def path(self, rel):
+        return "/local/domain/%d/data/xent/%s" % (self.domid, rel)
+
+    def start(self):
+        t0 = time.monotonic()
+        rc, out = sh(["xl", "create", DOMU_CFG], timeout=120)
+        t_xl = time.monotonic() - t0
+        if rc != 0:
+            raise Fail("xl create rc=%d: %s" % (rc, out.strip()[-400:]))
+        rc, out = sh(["xl", "domid", DOMU_NAME])
+        self.domid = int(out.strip())
+        hello = wait_for("domU agent hello in XenStore", lambda: xs_read(self.path("hello")), 120)
+        return "domid %d, xl create %.1f s, agent up %.1f s after it started; %s" % (
+            self.domid, t_xl, time.monotonic() - t0, hello)
+
+    def run(self, command):
+        """Start `command` (busybox sh) in the domU; @return its handle for wait()."""
+        n = self.next
+        self.next += 1
+        xs_write(self.path("cmd-%d" % n), command)
+        return n
+
+    def wait(self, n, timeout):
+        """@return (rc, output tail) of command n."""
+        rc = wait_for("domU command %d" % n, lambda: xs_read(self.path("rc-%d" % n)), timeout)
+        out = xs_read(self.path("out-%d" % n)) or ""
+        for line in out.splitlines():
+            log("domU| " + line)
+        return int(rc), out
+
+
+class Context:
+    def __init__(self):
+        self.domu = Domu()
+
+    def need_domu(self):
+        """The running domU, started on first use."""
+        if self.domu.domid is None:
+            if self.domu.error:
+                raise Fail("no domU: %s" % self.domu.error)
+            try:
+                self.domu.detail = self.domu.start()
+            except Fail as e:
+                self.domu.error = str(e)
+                raise
+        return self.domu
+
+
+# ------------------------------------------------------------------ the steps
+
+def step_dom0_import(ctx):
+    import cffi
+    import pyxs
+    import mwcomms
+    from mwcomms import _native
+    where = os.path.dirname(mwcomms.__file__)
+    if not where.startswith("/usr/lib/python3/dist-packages"):
+        raise Fail("mwcomms imported from %s, not the copied venv" % where)
+    return "mwcomms from %s (%s), pyxs from %s, cffi %s" % (
+        where, os.path.basename(_native.__file__), os.path.dirname(pyxs.__file__), cffi.__version__)
+
+
+def step_xenstore_pyxs(ctx):
+    from pyxs import Client
+    base = b"/xent/pyxs"
+    with Client(unix_socket_path=XS_SOCKET) as c:
+        c.write(base + b"/a", b"from-pyxs")
+        if c.read(base + b"/a") != b"from-pyxs":
+            raise Fail("pyxs read back %r" % c.read(base + b"/a"))
+        if xs_read("/xent/pyxs/a") != "from-pyxs":
+            raise Fail("xenstore-read sees %r after a pyxs write" % xs_read("/xent/pyxs/a"))
+        xs_write("/xent/pyxs/b", "from-cli")
+        if c.read(base + b"/b") != b"from-cli":
+            raise Fail("pyxs reads %r after xenstore-write" % c.read(base + b"/b"))
+        if sorted(c.list(base)) != [b"a", b"b"]:
+            raise Fail("directory %r" % c.list(base))
+        if c.get_domain_path(0) != b"/local/domain/0":
+            raise Fail("GET_DOMAIN_PATH 0 = %r" % c.get_domain_path(0))
+        # a watch fires for a write made by another client (the C tool)
+        with c.monitor() as m:
+            m.watch(base + b"/w", b"tok")
+            m.events.get(timeout=10)          # the initial event on registration
+            xs_write("/xent/pyxs/w", "1")
+            path, token = m.events.get(timeout=10)
+            if (path, token) != (base + b"/w", b"tok"):
+                raise Fail("watch event %r" % ((path, token),))
+        # a transaction sees its own write, hides it from others until commit, and fails to
+        # commit (EAGAIN) after another client changed a node it had read
+        c.transaction()
+        c.read(base + b"/a")
+        c.write(base + b"/t", b"in-tx")
+        if c.read(base + b"/t") != b"in-tx":
+            raise Fail("a transaction does not see its own write")
+        if xs_read("/xent/pyxs/t") is not None:
+            raise Fail("a write inside a transaction is visible outside before commit")
+        xs_write("/xent/pyxs/a", "outside")
+        if c.commit():
+            raise Fail("commit succeeded although a node read in the transaction changed")
+        if c.exists(base + b"/t"):
+            raise Fail("the write of a failed transaction is visible")
+        c.transaction()
+        c.write(base + b"/t", b"in-tx")
+        if not c.commit() or c.read(base + b"/t") != b"in-tx":
+            raise Fail("an uncontended transaction did not commit")
+        c.delete(base)
+        if c.exists(base):
+            raise Fail("%r still exists after delete" % base)
+    return "read/write/list/watch/transactions (isolation, EAGAIN, commit)/delete, cross-checked with xenstore-read/write"
+
+
+def step_domu_boot(ctx):
+    return ctx.need_domu().detail
+
+
+def _plat_result(out, who):
+    """The PLAT lines of plat_xentest output: Fail with the failing checks unless PASS."""
+    fails = [l for l in out.splitlines() if l.startswith("PLAT FAIL")]
+    if "PLAT RESULT: PASS" in out and not fails:
+        return
+    raise Fail("%s: %s" % (who, "; ".join(fails)[:400] or "no 'PLAT RESULT: PASS' line"))
+
+
+def step_plat_self(ctx):
+    prog = program("plat_xentest")
+    rc, out = sh([prog, "self"], timeout=60)
+    log("\n".join("dom0| " + l for l in out.splitlines()))
+    _plat_result(out, "dom0 self-test rc=%d" % rc)
+    return "%d checks" % out.count("PLAT PASS")
+
+
+def _offer_cmd(prog, remote, key):
+    """Shell for an offering domU: start the offer, publish its "REFS PORT" line at
+    data/xent/<key> once written, then wait for the program (its rc is the command's)."""
+    f = "/tmp/%s.offer" % key
+    return ("{prog} offer {remote} {f} & pid=$!; i=0; "
+            "while [ ! -s {f} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+            "xenstore-write data/xent/{key} \"$(cat {f})\"; wait $pid"
+            ).format(prog=prog, remote=remote, f=f, key=key)
+
+
+def step_plat_domu_offers(ctx):
+    program("plat_xentest")
+    domu = ctx.need_domu()
+    key = "plat-domu-offer"
+    n = domu.run(_offer_cmd("plat_xentest", 0, key))
+    offer = wait_for("domU offer at data/xent/" + key, lambda: xs_read(domu.path(key)), 60)
+    rc, out = sh([program("plat_xentest"), "map", str(domu.domid)] + offer.split(), timeout=60)
+    log("\n".join("dom0| " + l for l in out.splitlines()))
+    rc_u, out_u = domu.wait(n, 60)
+    _plat_result(out, "dom0 (map) rc=%d" % rc)
+    _plat_result(out_u, "domU (offer) rc=%d" % rc_u)
+    return "domU offered %s; dom0 mapped it" % offer
+
+
+def step_plat_dom0_offers(ctx):
+    prog = program("plat_xentest")
+    domu = ctx.need_domu()
+    key = "plat-dom0-offer"
+    node = domu.path(key)
+    offer_file = "/tmp/%s.offer" % key
+    if os.path.exists(offer_file):
+        os.unlink(offer_file)
+    dom0 = subprocess.Popen([prog, "offer", str(domu.domid), offer_file], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        offer = wait_for("dom0 offer file", lambda: _read_nonempty(offer_file), 60)
+        xs_write(node, offer)
+        n = domu.run("set -- $(xenstore-read data/xent/%s) && plat_xentest map 0 \"$@\"" % key)
+        rc_u, out_u = domu.wait(n, 90)
+        out, _ = dom0.communicate(timeout=60)
+    finally:
+        if dom0.poll() is None:
+            dom0.kill()
+            dom0.wait()
+    log("\n".join("dom0| " + l for l in out.splitlines()))
+    _plat_result(out_u, "domU (map) rc=%d" % rc_u)
+    _plat_result(out, "dom0 (offer) rc=%d" % dom0.returncode)
+    return "dom0 offered %s via %s; domU mapped it" % (offer, node)
+
+
+def _read_nonempty(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def step_ring_stress(ctx):
+    program("ring_xen")
+    raise Skip("ring_xen exists but this harness does not drive it yet")
+
+
+def _module(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def step_xsconform(ctx):
+    if not _module("mwcomms.tools.xsconform"):
+        raise Skip("not yet built (no module mwcomms.tools.xsconform)")
+    rc, out = sh([sys.executable, "-m", "mwcomms.tools.xsconform", "--socket", XS_SOCKET], timeout=240)
+    counts = {"PASS": 0, "FAIL": 0, "SKIP": 0}
+    result = None
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 3 and parts[0] == "XSCONF" and parts[1] in counts:
+            name, _, why = parts[2].partition(":")
+            name = name.strip().replace(" ", "_")
+            counts[parts[1]] += 1
+            emit(parts[1], "xsconform/" + name, why.strip())
+        elif line.startswith("XSCONF RESULT:"):
+            result = line.split(":", 1)[1].strip()
+        else:
+            log("xsconform| " + line)
+    summary = "%d PASS, %d FAIL, %d SKIP" % (counts["PASS"], counts["FAIL"], counts["SKIP"])
+    if rc != 0 or counts["FAIL"] or not (result or "").startswith("PASS"):
+        raise Fail("rc=%d, RESULT %s, %s" % (rc, result, summary))
+    return summary
+
+
+def step_xenbus_handshake(ctx):
+    if not _module("mwcomms.xen.xenbus"):
+        raise Skip("not yet built (no module mwcomms.xen.xenbus)")
+    rc, out = sh([sys.executable, "-m", "mwcomms.xen.xenbus", "selftest"], timeout=120)
+    log("\n".join("xenbus| " + l for l in out.splitlines()))
+    if rc != 0:
+        raise Fail("selftest rc=%d: %s" % (rc, out.strip()[-300:]))
+    return out.strip().splitlines()[-1] if out.strip() else "rc=0"
+
+
+def step_domu_shutdown(ctx):
+    domu = ctx.need_domu()
+    domu.run("poweroff")
+    t0 = time.monotonic()
+
+    def gone():
+        rc, _ = sh(["xl", "domid", DOMU_NAME])
+        return True if rc != 0 else None
+    try:
+        wait_for("domU gone after poweroff", gone, 60)
+    except Fail:
+        sh(["xl", "destroy", DOMU_NAME])
+        raise
+    return "gone %.1f s after the request" % (time.monotonic() - t0)
+
+
+STEPS = [
+    ("dom0-import", step_dom0_import),
+    ("xenstore-pyxs", step_xenstore_pyxs),
+    ("domu-boot", step_domu_boot),
+    ("plat-self", step_plat_self),
+    ("plat-domu-offers", step_plat_domu_offers),
+    ("plat-dom0-offers", step_plat_dom0_offers),
+    ("ring-stress", step_ring_stress),
+    ("xsconform", step_xsconform),
+    ("xenbus-handshake", step_xenbus_handshake),
+    ("domu-shutdown", step_domu_shutdown),
+]
+
+
+def selected():
+    """The steps named by xent.steps= on the kernel command line, else all of them."""
+    with open("/proc/cmdline") as f:
+        for word in f.read().split():
+            if word.startswith("xent.steps="):
+                return set(word.split("=", 1)[1].split(","))
+    return set(NAMES)
+
+
+def main():
+    want = selected()
+    if "dom0-python" in want:
+        emit("PASS", "dom0-python", "Python %s at %s, dom0 uptime %.1f s" % (
+            sys.version.split()[0], sys.executable, uptime()))
+    ctx = Context()
+    for name, fn in STEPS:
+        if name not in want:
+            continue
+        t0 = time.monotonic()
+        try:
+            detail = fn(ctx)
+            status = "PASS"
+        except Skip as e:
+            status, detail = "SKIP", str(e)
+        except Fail as e:
+            status, detail = "FAIL", str(e)
+        except Exception as e:   # a bug in the step or in the code under test: still a result
+            status, detail = "FAIL", "%s: %s" % (type(e).__name__, e)
+        emit(status, name, "%s (%.1f s)" % (detail, time.monotonic() - t0))
+    if ctx.domu.domid is not None and "domu-shutdown" not in want:
+        sh(["xl", "destroy", DOMU_NAME])
+    print("XENT-BOOT steps-end dom0 uptime %.1f s" % uptime(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

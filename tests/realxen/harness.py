@@ -1,0 +1,782 @@
+"""Boot real Xen 4.17 with a Debian dom0 and a PV domU under QEMU, run the test payload, report.
+
+Everything comes from Debian bookworm packages (packages.txt) fetched with `apt-get download`
+and unpacked with dpkg-deb; nothing is installed on the host but QEMU and gcc. Stages:
+
+  1. host tools   qemu-system-x86_64 and gcc (tools/install-deps.sh installs them as root)
+  2. download     apt-get download of packages.txt into the cache, keyed by the resolved list
+  3. extract      dpkg-deb into the cache (kernel: only the image and the Xen modules), the
+                  Python stdlib precompiled once, the domU kernel turned into a gzip'd ELF
+  4. build        the C test programs (static), then two initramfs images written directly as
+                  newc cpio: dom0 (Xen tools, Python 3.11, the installed mwcomms package from
+                  the venv, the payload) and the domU (busybox, xenstore client, the programs)
+  5. boot         QEMU TCG, Xen on com1 = QEMU stdout; one boot at a time (a lock file)
+  6. report       the XENT lines of the payload (see steps.py for the protocol)
+
+The serial console is watched as it grows; the run ends when dom0 prints "XENT-BOOT done" and
+powers off, or at the first of: a fatal console message, no dom0 userspace within the boot
+timeout, the global timeout.
+
+Used by test_realxen.py (run()) and from the command line (run.sh, or `python3 harness.py -h`).
+Exit status of the CLI: 0 every step passed or skipped, 1 a step failed or gave no result,
+2 setup error, 3 Xen or dom0 did not boot, 4 QEMU cannot run here (the pytest test skips).
+"""
+import argparse
+import fcntl
+import gzip
+import hashlib
+import importlib.util
+import lzma
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+GUEST = os.path.join(HERE, "guest")
+XENVER = "4.17"
+MULTIARCH = "x86_64-linux-gnu"
+
+EXIT_OK, EXIT_FAIL, EXIT_SETUP, EXIT_NOBOOT, EXIT_NOQEMU = 0, 1, 2, 3, 4
+
+# Console messages after which the guest will not recover.
+FATAL = re.compile(r"Panic on CPU|Dom0 crashed|Kernel panic|KVM internal error")
+# QEMU refusing to start for a reason of this machine, not of the images.
+QEMU_ENV_ERROR = re.compile(r"(?i)no accelerator found|invalid accelerator|failed to initialize"
+                            r"|could not access KVM|Cannot allocate memory")
+XENT_LINE = re.compile(r"^XENT (PASS|FAIL|SKIP) ([A-Za-z0-9_./:+-]+)(?::\s?(.*))?$")
+
+
+class SetupError(Exception):
+    """The harness could not prepare the images (download, extraction, build)."""
+
+
+class NoQemu(Exception):
+    """QEMU cannot run on this machine: the tests skip, with this reason."""
+
+
+def _load_steps():
+    """The payload module (steps.py): the step names are shared by the guest and the host."""
+    spec = importlib.util.spec_from_file_location("realxen_steps", os.path.join(GUEST, "steps.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STEP_NAMES = list(_load_steps().NAMES)
+
+
+@dataclass
+class Config:
+    cache: str = os.environ.get("MW_REALXEN_CACHE", "/var/tmp/mwcomms-realxen")
+    build: str = os.path.join(TOP, "build", "realxen")   # images and logs of this work tree
+    venv: str = os.path.join(TOP, ".venv")
+    accel: str = os.environ.get("MW_REALXEN_ACCEL", "tcg")
+    cpu: str = "max,-smap"           # TCG + SMAP crashes dom0 in create_bounce_frame
+    memory_mb: int = 1024
+    smp: int = 2
+    boot_timeout: float = 150.0      # QEMU start -> dom0 userspace
+    timeout: float = 420.0           # QEMU start -> payload done
+    steps: str = ""                  # comma separated subset of STEP_NAMES ("" = all)
+    ring_messages: int = 20000       # ring stress message count (TCG is ~100x slower than host)
+    verbose: bool = False            # echo every console line, not only the XENT ones
+    log: object = None               # callable(str): progress lines (default: stderr)
+
+
+@dataclass
+class Result:
+    status: dict = field(default_factory=dict)    # step or sub-step name -> "PASS"/"FAIL"/"SKIP"
+    reason: dict = field(default_factory=dict)    # name -> detail text after the colon
+    lines: list = field(default_factory=list)     # every XENT line, in console order
+    booted: bool = False                          # dom0 userspace was reached
+    finished: bool = False                        # the payload printed "XENT-BOOT done"
+    exit_code: int = EXIT_SETUP
+    summary: str = ""
+    timings: dict = field(default_factory=dict)   # stage -> seconds
+    serial_log: str = ""
+
+    def missing(self, names):
+        return [n for n in names if n not in self.status]
+
+
+class _Clock:
+    def __init__(self, log):
+        self.t0 = time.monotonic()
+        self._log = log
+
+    def since(self, t=None):
+        return time.monotonic() - (self.t0 if t is None else t)
+
+    def log(self, msg):
+        self._log("[realxen +%5.1fs] %s" % (self.since(), msg))
+
+
+def _run(cmd, **kw):
+    """subprocess.run that raises SetupError with the tail of the output on failure."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.STDOUT)
+    proc = subprocess.run(cmd, text=True, **kw)
+    if proc.returncode != 0:
+        tail = (proc.stdout or "").strip().splitlines()[-15:]
+        raise SetupError("%s failed (rc=%d): %s" % (cmd[0], proc.returncode, "\n".join(tail)))
+    return proc.stdout
+
+
+# ------------------------------------------------------------------ 1. host tools
+
+def ensure_host_tools(clock):
+    """QEMU and gcc on the host, installed through tools/install-deps.sh when missing."""
+    if not (shutil.which("qemu-system-x86_64") and shutil.which("gcc")):
+        clock.log("qemu-system-x86_64 or gcc missing: running tools/install-deps.sh")
+        subprocess.run([os.path.join(TOP, "tools", "install-deps.sh")], check=False)
+    if not shutil.which("qemu-system-x86_64"):
+        raise NoQemu("qemu-system-x86_64 is not installed and could not be installed "
+                     "(tools/install-deps.sh needs root and apt-get)")
+    for tool in ("gcc", "dpkg-deb", "apt-get", "apt-cache", "strip"):
+        if not shutil.which(tool):
+            raise SetupError("host tool %s is missing" % tool)
+
+
+# ------------------------------------------------------------------ 2. download
+
+def read_package_list():
+    with open(os.path.join(HERE, "packages.txt")) as f:
+        return [w for line in f for w in line.split("#", 1)[0].split()]
+
+
+def _apt_lists_present():
+    lists = "/var/lib/apt/lists"
+    return os.path.isdir(lists) and any("Packages" in n for n in os.listdir(lists))
+
+
+def _apt_update(clock):
+    clock.log("apt-get update")
+    _run(["apt-get", "update", "-qq"])
+
+
+def resolve_packages(clock):
+    """packages.txt with the kernel metapackage replaced by the versioned image it depends on."""
+    if not _apt_lists_present():
+        _apt_update(clock)
+    out = []
+    for name in read_package_list():
+        if name == "linux-image-amd64":
+            deps = _run(["apt-cache", "depends", name])
+            m = re.search(r"Depends: (linux-image-[0-9][^\s]*)", deps)
+            if not m:
+                raise SetupError("cannot resolve linux-image-amd64: %s" % deps.strip())
+            name = m.group(1)
+        out.append(name)
+    return out
+
+
+def download(cfg, clock, packages):
+    """apt-get download into cache/debs-<key>; a finished directory is reused as it is."""
+    key = hashlib.sha256("\n".join(sorted(packages)).encode()).hexdigest()[:16]
+    debs = os.path.join(cfg.cache, "debs-" + key)
+    if os.path.exists(os.path.join(debs, ".done")):
+        return key, debs
+    os.makedirs(cfg.cache, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="debs-", dir=cfg.cache)
+    clock.log("downloading %d Debian packages into %s" % (len(packages), debs))
+    for attempt in (1, 2):
+        proc = subprocess.run(["apt-get", "download", "-q"] + packages, cwd=tmp, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if proc.returncode == 0:
+            break
+        if attempt == 2:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SetupError("apt-get download failed: %s" % proc.stdout.strip()[-1500:])
+        _apt_update(clock)   # stale lists: a version that left the mirror
+    got = os.listdir(tmp)
+    for p in packages:
+        if not any(n.startswith(p + "_") and n.endswith(".deb") for n in got):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SetupError("package %s was not downloaded" % p)
+    open(os.path.join(tmp, ".done"), "w").close()
+    shutil.rmtree(debs, ignore_errors=True)
+    os.rename(tmp, debs)
+    size = sum(os.path.getsize(os.path.join(debs, n)) for n in got)
+    clock.log("downloaded %d packages, %.0f MB" % (len(got), size / 1e6))
+    return key, debs
+
+
+# ------------------------------------------------------------------ 3. extract
+
+def _python311(cfg):
+    """A host Python 3.11 to precompile the dom0 stdlib (same bytecode as Debian's 3.11)."""
+    for cand in (os.path.join(cfg.venv, "bin", "python"), sys.executable, shutil.which("python3.11")):
+        if not cand or not os.path.exists(cand):
+            continue
+        out = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2])"],
+                             stdout=subprocess.PIPE, text=True).stdout.strip()
+        if out == "(3, 11)":
+            return cand
+    return None
+
+
+def extract(cfg, clock, key, debs):
+    """Unpack every package into cache/root-<key> (once) and derive the cached artefacts."""
+    root = os.path.join(cfg.cache, "root-" + key)
+    if os.path.exists(os.path.join(root, ".done")):
+        return root
+    clock.log("extracting into %s" % root)
+    tmp = tempfile.mkdtemp(prefix="root-", dir=cfg.cache)
+    for deb in sorted(os.listdir(debs)):
+        if not deb.endswith(".deb"):
+            continue
+        path = os.path.join(debs, deb)
+        if deb.startswith("linux-image-"):
+            # only the image and the Xen modules: the whole package unpacks to ~400 MB
+            tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", path], stdout=subprocess.PIPE)
+            _run(["tar", "-x", "-C", tmp, "--wildcards", "./boot/vmlinuz-*",
+                  "./lib/modules/*/kernel/drivers/xen/*"], stdin=tar.stdout)
+            tar.wait()
+        else:
+            _run(["dpkg-deb", "-x", path, tmp])
+    _derive(cfg, clock, tmp)
+    open(os.path.join(tmp, ".done"), "w").close()
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
+    return root
+
+
+def _derive(cfg, clock, root):
+    """Xen as a plain ELF, the domU kernel as a gzip'd ELF, the Python stdlib precompiled."""
+    boot = os.path.join(root, "boot")
+    with gzip.open(os.path.join(boot, "xen-%s-amd64.gz" % XENVER)) as src, \
+            open(os.path.join(boot, "xen.elf"), "wb") as dst:
+        shutil.copyfileobj(src, dst)          # QEMU's multiboot loader wants the ELF
+
+    # libxenguest decompresses an xz bzImage slowly under TCG (~7 s); a gzip'd, stripped ELF
+    # vmlinux loads in ~3 s
+    vmlinuz = [n for n in os.listdir(boot) if n.startswith("vmlinuz-")][0]
+    with open(os.path.join(boot, vmlinuz), "rb") as f:
+        image = f.read()
+    start = image.find(b"\xfd7zXZ\x00")
+    if start < 0:
+        raise SetupError("%s holds no xz payload" % vmlinuz)
+    elf = os.path.join(boot, "vmlinux")
+    with open(elf, "wb") as f:
+        f.write(lzma.LZMADecompressor().decompress(image[start:]))
+    _run(["strip", elf])
+    with open(elf, "rb") as src, gzip.open(elf + ".gz", "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst)
+    os.unlink(elf)
+
+    py = _python311(cfg)
+    stdlib = os.path.join(root, "usr", "lib", "python3.%d" % 11)
+    if py:
+        clock.log("precompiling the dom0 Python stdlib with %s" % py)
+        # unchecked-hash: the .pyc is used without looking at the source's mtime
+        _run([py, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+              "-x", r"/(test|idlelib|tkinter|turtledemo|lib2to3|ensurepip)/", stdlib])
+    else:
+        clock.log("no host Python 3.11: dom0 compiles its stdlib at import (slower)")
+
+
+# ------------------------------------------------------------------ 4. build
+
+class Cpio:
+    """An initramfs image, written directly in the newc cpio format the kernel unpacks.
+
+    Entries are collected first (path -> what), so nothing is staged on disk; parents are
+    created implicitly. Owner is always root."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def _put(self, path, entry):
+        path = path.strip("/")
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            self.entries.setdefault("/".join(parts[:i]), ("dir", 0o755, None))
+        self.entries[path] = entry
+
+    def dir(self, path, mode=0o755):
+        self._put(path, ("dir", mode, None))
+
+    def file(self, path, src, mode=None):
+        mode = stat.S_IMODE(os.stat(src).st_mode) if mode is None else mode
+        self._put(path, ("file", mode, src))
+
+    def data(self, path, content, mode=0o644):
+        self._put(path, ("data", mode, content.encode() if isinstance(content, str) else content))
+
+    def symlink(self, path, target):
+        self._put(path, ("symlink", 0o777, target))
+
+    def chardev(self, path, major, minor, mode=0o600):
+        self._put(path, ("chardev", mode, (major, minor)))
+
+    def tree(self, path, src, skip=None):
+        """Copy the directory src to path, symlinks kept, `skip(relpath)` true = left out."""
+        for dirpath, dirnames, filenames in os.walk(src):
+            rel = os.path.relpath(dirpath, src)
+            if skip:
+                dirnames[:] = [d for d in dirnames if not skip(os.path.normpath(os.path.join(rel, d)))]
+            for name in dirnames + filenames:
+                r = os.path.normpath(os.path.join(rel, name))
+                if skip and skip(r):
+                    continue
+                s = os.path.join(dirpath, name)
+                if os.path.islink(s):
+                    self.symlink(os.path.join(path, r), os.readlink(s))
+                elif os.path.isdir(s):
+                    self.dir(os.path.join(path, r))
+                else:
+                    self.file(os.path.join(path, r), s)
+
+    def write(self, out, compress=False):
+        opener = (lambda p: gzip.open(p, "wb", compresslevel=1)) if compress else (lambda p: open(p, "wb"))
+        size = 0
+        with opener(out) as f:
+            ino = 1
+            for path in sorted(self.entries):
+                kind, mode, what = self.entries[path]
+                body, rdev, mtime = b"", (0, 0), 0
+                if kind == "dir":
+                    mode |= stat.S_IFDIR
+                elif kind == "symlink":
+                    mode |= stat.S_IFLNK
+                    body = what.encode()
+                elif kind == "chardev":
+                    mode |= stat.S_IFCHR
+                    rdev = what
+                else:
+                    mode |= stat.S_IFREG
+                    if kind == "file":
+                        with open(what, "rb") as src:
+                            body = src.read()
+                        mtime = int(os.stat(what).st_mtime)   # keeps timestamp .pyc valid
+                    else:
+                        body = what
+                self._entry(f, path, ino, mode, mtime, body, rdev)
+                size += len(body)
+                ino += 1
+            self._entry(f, "TRAILER!!!", 0, 0, 0, b"", (0, 0))
+        return size
+
+    @staticmethod
+    def _entry(f, name, ino, mode, mtime, body, rdev):
+        name_b = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, mtime, len(body), 0, 0, rdev[0], rdev[1], len(name_b), 0)
+        head = b"070701" + b"".join(b"%08x" % v for v in fields)
+        f.write(head + name_b + b"\0" * (-(len(head) + len(name_b)) % 4))
+        f.write(body + b"\0" * (-len(body) % 4))
+
+
+@dataclass
+class Program:
+    """A static C test program for the guests; built only when its sources exist."""
+    name: str
+    main: str                      # source with main(), relative to the top of the tree
+    extra: tuple = ()              # glob patterns of further sources
+
+    def sources(self):
+        import glob
+        out = [os.path.join(TOP, self.main)]
+        for pat in self.extra:
+            out += sorted(p for p in glob.glob(os.path.join(TOP, pat)) if p not in out)
+        return out
+
+
+PROGRAMS = [
+    # the platform layer's xen backend, self-test and cross-domain offer/map
+    Program("plat_xentest", "tests/c/plat_xentest.c", ("xen/*.c",)),
+    # the ring library across two domains, front and back over the platform API
+    Program("ring_xen", "tests/c/ring_xen.c", ("xen/*.c",)),
+]
+
+
+def build_programs(cfg, clock, root):
+    """gcc -static each program whose main source exists; returns the manifest for the guests:
+    name -> "built" | "missing: why" | "failed: why"."""
+    bindir = os.path.join(cfg.build, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    manifest = {}
+    for prog in PROGRAMS:
+        out = os.path.join(bindir, prog.name)
+        if os.path.exists(out):
+            os.unlink(out)
+        if not os.path.exists(os.path.join(TOP, prog.main)):
+            manifest[prog.name] = "missing: %s not yet built" % prog.main
+            continue
+        cmd = ["gcc", "-static", "-O2", "-g0", "-std=gnu11", "-Wall", "-D_GNU_SOURCE",
+               "-I", os.path.join(TOP, "xen", "include"),
+               "-idirafter", os.path.join(root, "usr", "include"),   # Debian's xen/sys/*.h
+               "-o", out] + prog.sources() + ["-lpthread"]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            err = " | ".join(l for l in proc.stdout.splitlines() if "error" in l)[:600]
+            manifest[prog.name] = "failed: gcc: %s" % (err or proc.stdout.strip()[-600:])
+            clock.log("build of %s failed:\n%s" % (prog.name, proc.stdout.strip()[-2000:]))
+        else:
+            manifest[prog.name] = "built"
+    clock.log("programs: %s" % ", ".join("%s=%s" % (k, v.split(":")[0]) for k, v in manifest.items()))
+    return manifest
+
+
+class _Libs:
+    """Shared libraries of ELF files, resolved against the extracted Debian tree, not the host."""
+
+    def __init__(self, root):
+        self.root = root
+        self.ldso = os.path.join(root, "lib", MULTIARCH, "ld-linux-x86-64.so.2")
+        self.path = "%s:%s" % (os.path.join(root, "lib", MULTIARCH), os.path.join(root, "usr", "lib", MULTIARCH))
+
+    def needed(self, elf):
+        """@return (resolved paths, names not found)"""
+        proc = subprocess.run([self.ldso, "--library-path", self.path, "--list", elf],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        found, missing = [], []
+        for line in proc.stdout.splitlines():
+            m = re.match(r"\s*(\S+) => (\S+)", line)
+            if m and m.group(2) == "not":
+                missing.append(m.group(1))
+            elif m and m.group(2).startswith("/"):
+                found.append(m.group(2))
+        return found, missing
+
+    def add(self, img, elfs, required=True):
+        """Copy what `elfs` need into /usr/lib/<multiarch>; @return the elfs that cannot load."""
+        broken = []
+        for elf in elfs:
+            found, missing = self.needed(elf)
+            if missing:
+                if required:
+                    raise SetupError("%s needs libraries not in the package list: %s" % (elf, missing))
+                broken.append(elf)
+                continue
+            for lib in found:
+                img.file("usr/lib/%s/%s" % (MULTIARCH, os.path.basename(lib)), os.path.realpath(lib), 0o755)
+        return broken
+
+    def add_loader(self, img):
+        img.file("lib/%s/ld-linux-x86-64.so.2" % MULTIARCH, os.path.realpath(self.ldso), 0o755)
+        img.symlink("lib64/ld-linux-x86-64.so.2", "/lib/%s/ld-linux-x86-64.so.2" % MULTIARCH)
+
+
+def _base(img, init_src):
+    img.file("init", init_src, 0o755)
+    for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "root", "usr/bin", "usr/sbin"):
+        img.dir(d)
+    img.dir("tmp", 0o1777)
+    img.chardev("dev/console", 5, 1)      # the kernel opens it before running /init
+
+
+def build_domu_image(cfg, root, kver, manifest):
+    img = Cpio()
+    _base(img, os.path.join(GUEST, "domu-init.sh"))
+    img.file("bin/busybox", os.path.join(root, "bin", "busybox"), 0o755)
+    mods = os.path.join(root, "lib", "modules", kver, "kernel", "drivers", "xen")
+    for m in ("xen-evtchn", "xen-gntalloc", "xen-gntdev"):
+        img.file("lib/modules/%s.ko" % m, os.path.join(mods, m + ".ko"))
+    libs = _Libs(root)
+    xs = os.path.join(root, "usr", "bin", "xenstore")
+    img.file("usr/bin/xenstore", xs, 0o755)
+    for op in ("read", "write", "ls", "rm", "exists", "watch"):
+        img.symlink("usr/bin/xenstore-" + op, "xenstore")
+    libs.add(img, [xs])
+    libs.add_loader(img)
+    for name, state in manifest.items():
+        if state == "built":
+            img.file("xent/bin/" + name, os.path.join(cfg.build, "bin", name), 0o755)
+    out = os.path.join(cfg.build, "domu-initrd.cpio.gz")
+    img.write(out, compress=True)
+    return out
+
+
+VENV_PACKAGES = ("mwcomms", "pyxs", "cffi", "pycparser")
+
+
+def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
+    img = Cpio()
+    _base(img, os.path.join(GUEST, "dom0-init.sh"))
+    for d in ("etc/xen", "boot", "var/lib/xen", "var/log/xen/console", "usr/lib/xen-%s/bin" % XENVER):
+        img.dir(d)
+    img.symlink("var/run", "../run")       # the Xen tools use /var/run/xen*
+    img.symlink("var/lock", "../run/lock")
+    img.data("etc/xen/xl.conf", "")
+    img.data("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+    img.data("etc/group", "root:x:0:\n")
+    img.file("bin/busybox", os.path.join(root, "bin", "busybox"), 0o755)
+    mods = os.path.join(root, "lib", "modules", kver, "kernel", "drivers", "xen")
+    for m in ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs/xenfs"):
+        img.file("lib/modules/%s.ko" % os.path.basename(m), os.path.join(mods, m + ".ko"))
+
+    libs = _Libs(root)
+    elfs = []
+    xenbin = os.path.join(root, "usr", "lib", "xen-" + XENVER, "bin")
+    for b in ("xenstored", "xenconsoled", "xenconsole", "xl", "xen-init-dom0", "libxl-save-helper",
+              "xenstore-control"):
+        img.file("usr/lib/xen-%s/bin/%s" % (XENVER, b), os.path.join(xenbin, b), 0o755)
+        elfs.append(os.path.join(xenbin, b))
+    xs = os.path.join(root, "usr", "bin", "xenstore")
+    img.file("usr/bin/xenstore", xs, 0o755)
+    for op in ("read", "write", "ls", "list", "rm", "exists", "chmod", "watch"):
+        img.symlink("usr/bin/xenstore-" + op, "xenstore")
+    elfs.append(xs)
+
+    # Python 3.11: the interpreter, the stdlib less what no test imports, its C modules that
+    # can load with the packages we have
+    py = os.path.join(root, "usr", "bin", "python3.11")
+    img.file("usr/bin/python3.11", py, 0o755)
+    img.symlink("usr/bin/python3", "python3.11")
+    elfs.append(py)
+    stdlib = os.path.join(root, "usr", "lib", "python3.11")
+    unused = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "pydoc_data",
+              "config-3.11-%s" % MULTIARCH}
+    img.tree("usr/lib/python3.11", stdlib, skip=lambda r: r.split("/")[0] in unused)
+    dynload = os.path.join(stdlib, "lib-dynload")
+    broken = libs.add(img, [os.path.join(dynload, n) for n in sorted(os.listdir(dynload))], required=False)
+    for b in broken:   # e.g. _sqlite3, readline, _curses: their libraries are not in the list
+        del img.entries["usr/lib/python3.11/lib-dynload/" + os.path.basename(b)]
+
+    # the project's installed package and its runtime dependencies, from the venv
+    site = os.path.join(cfg.venv, "lib", "python3.11", "site-packages")
+    if not os.path.isdir(site):
+        raise SetupError("%s missing: run `make` first (the venv must be Python 3.11)" % site)
+    dist = "usr/lib/python3/dist-packages"
+    for pkg in VENV_PACKAGES:
+        src = os.path.join(site, pkg)
+        if not os.path.isdir(src):
+            raise SetupError("%s is not installed in %s" % (pkg, site))
+        img.tree("%s/%s" % (dist, pkg), src)
+    for name in sorted(os.listdir(site)):
+        if name.startswith("_cffi_backend") and name.endswith(".so"):
+            img.file("%s/%s" % (dist, name), os.path.join(site, name))
+    host_exts = [os.path.join(d, n) for d, _, ns in os.walk(site) for n in ns
+                 if n.endswith(".so") and (n.startswith("_cffi_backend") or
+                                           os.path.relpath(d, site).split("/")[0] == "mwcomms")]
+    libs.add(img, elfs + host_exts)
+    img.file("usr/lib/%s/libgcc_s.so.1" % MULTIARCH,
+             os.path.realpath(os.path.join(root, "lib", MULTIARCH, "libgcc_s.so.1")))  # dlopen()ed by xl
+    libs.add_loader(img)
+
+    # the payload and the domU
+    img.file("xent/steps.py", os.path.join(GUEST, "steps.py"))
+    img.data("xent/manifest", "".join("%s=%s\n" % kv for kv in sorted(manifest.items())))
+    img.data("xent/config", "ring_messages=%d\n" % cfg.ring_messages)
+    for name, state in manifest.items():
+        if state == "built":
+            img.file("xent/bin/" + name, os.path.join(cfg.build, "bin", name), 0o755)
+    img.file("boot/vmlinux.gz", os.path.join(root, "boot", "vmlinux.gz"))
+    img.file("boot/domu-initrd.cpio.gz", domu_initrd)
+    img.file("etc/xen/xent-domu.cfg", os.path.join(GUEST, "domu.cfg"))
+    out = os.path.join(cfg.build, "dom0-initrd.cpio")
+    size = img.write(out)   # uncompressed: QEMU loads it fast, dom0 skips a slow gunzip
+    clock.log("dom0 initramfs %.0f MB in %d entries" % (size / 1e6, len(img.entries)))
+    return out
+
+
+# ------------------------------------------------------------------ 5. boot
+
+def _qemu_cmd(cfg, xen, vmlinuz, initrd, steps):
+    xen_cmdline = ("console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=2 "
+                   "loglvl=all guest_loglvl=all noreboot")
+    dom0_cmdline = "console=hvc0 earlyprintk=xen rdinit=/init loglevel=5"
+    if steps:
+        dom0_cmdline += " xent.steps=" + steps
+    # multiboot -initrd: modules separated by ",", a literal comma written ",,"
+    modules = "%s %s,%s" % (vmlinuz, dom0_cmdline.replace(",", ",,"), initrd)
+    return ["qemu-system-x86_64", "-accel", cfg.accel, "-cpu", cfg.cpu, "-m", str(cfg.memory_mb),
+            "-smp", str(cfg.smp), "-machine", "pc", "-nographic", "-monitor", "none",
+            "-serial", "stdio", "-no-reboot", "-kernel", xen, "-append", xen_cmdline,
+            "-initrd", modules]
+
+
+def boot(cfg, clock, result, cmd):
+    """Run QEMU, follow the console, fill `result`; @return the exit code of the run."""
+    serial = result.serial_log = os.path.join(cfg.build, "serial.log")
+    lock = open(os.path.join(cfg.cache, "qemu.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        clock.log("another real-Xen boot is running here: waiting for it (TCG wants both cores)")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        return _boot_locked(cfg, clock, result, cmd, serial)
+    finally:
+        lock.close()
+
+
+def _boot_locked(cfg, clock, result, cmd, serial):
+    clock.log("boot: %s" % " ".join(cmd))
+    with open(serial, "wb") as out:
+        qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    marks = {}
+    pending, why_stop = b"", None
+    t_done = None
+    with open(serial, "rb") as f:
+        while True:
+            exited = qemu.poll() is not None
+            chunk = f.read()
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if exited and pending:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                why_stop = _follow(cfg, clock, result, marks, line, time.monotonic() - t0) or why_stop
+            if exited:
+                break
+            now = time.monotonic() - t0
+            if "done" in marks and t_done is None:
+                t_done = now
+            if why_stop is None:
+                if t_done is not None and now > t_done + 20:
+                    why_stop = "dom0 did not power off 20 s after the payload finished"
+                elif "dom0-userspace" not in marks and now > cfg.boot_timeout:
+                    why_stop = "no dom0 userspace within %.0f s" % cfg.boot_timeout
+                elif now > cfg.timeout:
+                    why_stop = "global timeout of %.0f s" % cfg.timeout
+                if why_stop:
+                    clock.log("stopping QEMU: %s" % why_stop)
+                    qemu.terminate()
+                    try:
+                        qemu.wait(10)
+                    except subprocess.TimeoutExpired:
+                        qemu.kill()
+            time.sleep(0.2)
+    qemu.wait()
+    result.timings["qemu"] = time.monotonic() - t0
+    for k, v in marks.items():
+        result.timings[k] = v
+    result.booted = "dom0-userspace" in marks
+    result.finished = "done" in marks
+    clock.log("QEMU exited (rc=%s) after %.1f s; serial log %s" % (qemu.returncode, result.timings["qemu"], serial))
+    if not result.booted:
+        with open(serial, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        tail = "\n".join(text.strip().splitlines()[-25:])
+        if "xen" not in marks and QEMU_ENV_ERROR.search(text):
+            raise NoQemu("QEMU cannot run Xen here: %s" % tail[-600:])
+        result.summary = "Xen/dom0 did not boot (%s); last console lines:\n%s" % (why_stop or "QEMU exited", tail)
+        return EXIT_NOBOOT
+    if why_stop and not result.finished:
+        result.summary = "payload did not finish: %s" % why_stop
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _follow(cfg, clock, result, marks, line, now):
+    """One console line: timing marks, XENT results, fatal errors. @return a reason to stop."""
+    if cfg.verbose:
+        clock.log("| " + line)
+    if "xen" not in marks and "Xen version %s" % XENVER in line:
+        marks["xen"] = now
+        clock.log("boot: Xen %s started at +%.1f s" % (XENVER, now))
+    m = re.match(r"^XENT-BOOT (\S+)(.*)", line)
+    if m:
+        marks.setdefault(m.group(1), now)
+        clock.log("boot: %s at +%.1f s%s" % (m.group(1), now, m.group(2)))
+        return None
+    m = XENT_LINE.match(line)
+    if m:
+        status, name, why = m.group(1), m.group(2), (m.group(3) or "")
+        result.status[name] = status
+        result.reason[name] = why
+        result.lines.append(line)
+        if not cfg.verbose:
+            clock.log(line)
+        return None
+    if line.startswith("XENT ") or line.startswith("XENT-LOG "):
+        if not cfg.verbose:
+            clock.log(line)
+        return None
+    if FATAL.search(line):
+        return "fatal console message: %s" % line.strip()
+    return None
+
+
+# ------------------------------------------------------------------ entry points
+
+def run(cfg=None):
+    """Prepare, boot and collect. @return Result; raises NoQemu when QEMU cannot run here."""
+    cfg = cfg or Config()
+    clock = _Clock(cfg.log or (lambda s: print(s, file=sys.stderr, flush=True)))
+    result = Result()
+    expected = [s for s in cfg.steps.split(",") if s] or STEP_NAMES
+    unknown = [s for s in expected if s not in STEP_NAMES]
+    if unknown:
+        raise SetupError("unknown steps %s (known: %s)" % (unknown, ", ".join(STEP_NAMES)))
+    os.makedirs(cfg.build, exist_ok=True)
+    try:
+        ensure_host_tools(clock)
+        packages = resolve_packages(clock)
+        key, debs = download(cfg, clock, packages)
+        result.timings["download"] = clock.since()
+        root = extract(cfg, clock, key, debs)
+        result.timings["extract"] = clock.since()
+        kver = sorted(os.listdir(os.path.join(root, "lib", "modules")))[0]
+        manifest = build_programs(cfg, clock, root)
+        domu = build_domu_image(cfg, root, kver, manifest)
+        dom0 = build_dom0_image(cfg, clock, root, kver, manifest, domu)
+        result.timings["build"] = clock.since()
+    except SetupError as e:
+        result.exit_code, result.summary = EXIT_SETUP, "setup error: %s" % e
+        clock.log(result.summary)
+        return result
+    vmlinuz = os.path.join(root, "boot", "vmlinuz-" + kver)
+    cmd = _qemu_cmd(cfg, os.path.join(root, "boot", "xen.elf"), vmlinuz, dom0, cfg.steps)
+    code = boot(cfg, clock, result, cmd)
+    result.timings["total"] = clock.since()
+    if code == EXIT_OK:
+        failed = [n for n, s in result.status.items() if s == "FAIL"]
+        missing = result.missing(expected)
+        if failed or missing:
+            code = EXIT_FAIL
+            result.summary = "failed: %s" % ", ".join(failed + ["%s (no result)" % m for m in missing])
+        else:
+            result.summary = "all steps passed or skipped"
+    result.exit_code = code
+    counts = {s: sum(1 for v in result.status.values() if v == s) for s in ("PASS", "FAIL", "SKIP")}
+    clock.log("%s | %d PASS, %d FAIL, %d SKIP | Xen at +%s s, dom0 userspace at +%s s, payload done at +%s s, "
+              "QEMU %.1f s, total %.1f s" % (
+                  result.summary.splitlines()[0] if result.summary else "", counts["PASS"], counts["FAIL"],
+                  counts["SKIP"], _fmt(result.timings.get("xen")), _fmt(result.timings.get("dom0-userspace")),
+                  _fmt(result.timings.get("done")), result.timings.get("qemu", 0), result.timings["total"]))
+    return result
+
+
+def _fmt(v):
+    return "?" if v is None else "%.1f" % v
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="steps: " + ", ".join(STEP_NAMES))
+    ap.add_argument("--steps", default="", help="comma separated subset of the steps (default: all)")
+    ap.add_argument("--cache", default=Config.cache, help="download/extract cache (default %(default)s)")
+    ap.add_argument("--build", default=Config.build, help="images and serial log (default %(default)s)")
+    ap.add_argument("--venv", default=Config.venv, help="venv whose site-packages go to dom0")
+    ap.add_argument("--timeout", type=float, default=Config.timeout, help="global QEMU limit, s")
+    ap.add_argument("--ring-messages", type=int, default=Config.ring_messages)
+    ap.add_argument("--clean", action="store_true", help="drop the cache first (a cold run)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="echo the whole serial console")
+    a = ap.parse_args(argv)
+    if a.clean:
+        shutil.rmtree(a.cache, ignore_errors=True)
+    cfg = Config(cache=a.cache, build=a.build, venv=a.venv, timeout=a.timeout, steps=a.steps,
+                 ring_messages=a.ring_messages, verbose=a.verbose)
+    try:
+        result = run(cfg)
+    except NoQemu as e:
+        print("realxen: SKIPPED: %s" % e, file=sys.stderr)
+        return EXIT_NOQEMU
+    if result.exit_code != EXIT_OK:
+        print("realxen: %s" % result.summary, file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
