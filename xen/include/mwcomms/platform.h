@@ -9,10 +9,19 @@
  *
  * Everything above this header (the ring library, the engines, the Python control plane) is
  * the same code on both backends. The backend is picked at run time (struct mw_plat_config,
- * else the environment: MW_BACKEND=sim|xen, else "xen" when /dev/xen/evtchn exists).
+ * else the environment: MW_BACKEND=sim|xen, else "xen" when /dev/xen/evtchn exists, else
+ * "sim").
  *
  * Error convention: functions return 0 or a non-negative value on success and a negative
- * errno on failure; they never set errno for the caller. Every close/free accepts NULL.
+ * errno on failure; they never set errno for the caller. Every close/release accepts NULL.
+ *
+ * Lifetime: release every grant and close every event channel handle of a platform before
+ * closing the platform. A platform, its grants and its handles may be used from several
+ * threads; mw_evtchn_notify is safe to call concurrently with the other evtchn calls.
+ *
+ * The sim directory holds the whole simulated machine (see xen/platform_sim.c): put it on a
+ * tmpfs (e.g. under /dev/shm) and give each simulation its own. Files of a process that died
+ * without closing stay there; its ports are reclaimed when their numbers are needed again.
  */
 #ifndef MWCOMMS_PLATFORM_H
 #define MWCOMMS_PLATFORM_H
@@ -22,12 +31,16 @@
 
 typedef uint16_t mw_domid_t;
 
-#define MW_DOMID_SELF 0x7ff0u   /* "my own domain" where a call accepts it */
+#define MW_DOMID_SELF 0x7ff0u      /* "my own domain": accepted by the event channel calls */
+#define MW_GNT_PAGE_SIZE 4096u     /* size of one granted page */
+#define MW_GNT_MAX_PAGES (1u << 20) /* most pages in one share or map call (4 GiB) */
 
 struct mw_plat_config {
     const char *backend;   /* "sim", "xen" or NULL: MW_BACKEND, else auto-detect */
-    const char *sim_dir;   /* sim: directory shared by the simulated domains (NULL: MW_SIM_DIR) */
-    int sim_domid;         /* sim: the domain this process belongs to (-1: MW_SIM_DOMID) */
+    const char *sim_dir;   /* sim: directory shared by the simulated domains (NULL: MW_SIM_DIR);
+                            * created when missing */
+    int sim_domid;         /* sim: the domain this process belongs to, 0 .. 0x7fef
+                            * (-1: MW_SIM_DOMID) */
 };
 
 struct mw_plat;            /* one open platform: backend, domain id */
@@ -38,9 +51,12 @@ struct mw_evtchn;          /* an event channel handle: any number of ports, one 
  * Open the platform.
  * @param cfg  may be NULL (all defaults)
  * @param out  receives the handle
- * @return 0, -ENODEV (the chosen backend is not available here), -EINVAL (bad config)
+ * @return 0, -ENODEV (the chosen backend is not available here), -EINVAL (unknown backend;
+ *         sim: no directory or domain id given, or a domain id out of range), -ENOTDIR, -EACCES
+ *         (sim directory unusable), -ENOMEM
  */
 int mw_plat_open(const struct mw_plat_config *cfg, struct mw_plat **out);
+/** Close the platform (its grants and handles must be gone already). Accepts NULL. */
 void mw_plat_close(struct mw_plat *plat);
 /** @return "sim" or "xen" */
 const char *mw_plat_backend(const struct mw_plat *plat);
@@ -49,9 +65,12 @@ int mw_plat_domid(const struct mw_plat *plat);
 
 /**
  * Grant `npages` fresh zeroed pages to domain `remote` (read-write).
- * @param refs  receives npages grant references, in page order
- * @param addr  receives the local mapping, npages * 4096 bytes, page aligned
- * @return 0, -ENOMEM, -ENOSPC (out of grant entries), -EINVAL (npages 0 or too large)
+ * @param remote  the domain that may map them (a real id, not MW_DOMID_SELF)
+ * @param refs    receives npages grant references, in page order
+ * @param addr    receives the local mapping, npages * MW_GNT_PAGE_SIZE bytes, page aligned
+ * @param out     receives the grant, for mw_gnt_release
+ * @return 0, -ENOMEM, -ENOSPC (out of grant entries), -EINVAL (npages 0 or above
+ *         MW_GNT_MAX_PAGES, remote out of range)
  */
 int mw_gnt_share(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, uint32_t *refs,
                  void **addr, struct mw_gnt **out);
@@ -59,13 +78,17 @@ int mw_gnt_share(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, uint3
 /**
  * Map `npages` pages granted by domain `remote`, in the order of `refs`, into one contiguous
  * read-write region.
- * @return 0, -ENOENT / -EINVAL (a reference that does not exist or is not granted to us),
- *         -EPERM, -ENOMEM
+ * @param remote  the granting domain (a real id, not MW_DOMID_SELF)
+ * @return 0, -ENOENT (sim: a reference that does not exist), -EPERM (sim: a reference granted
+ *         to another domain), -EINVAL (xen: either case; bad arguments), -ENOMEM
  */
 int mw_gnt_map(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, const uint32_t *refs,
                void **addr, struct mw_gnt **out);
 
-/** Unmap, or end the sharing of, pages from mw_gnt_share / mw_gnt_map. Accepts NULL. */
+/**
+ * Unmap, or end the sharing of, pages from mw_gnt_share / mw_gnt_map. Accepts NULL. Pages
+ * mapped by the other domain stay valid for it until it unmaps them, as on Xen.
+ */
 void mw_gnt_release(struct mw_gnt *g);
 
 /** @return the address and page count of a share or a mapping */
@@ -74,20 +97,36 @@ uint32_t mw_gnt_npages(const struct mw_gnt *g);
 
 /**
  * Open an event channel handle. Its fd (mw_evtchn_fd) becomes readable when any of its ports
- * has a pending notification.
- * @return 0, -ENODEV, -EMFILE
+ * has a pending notification; poll/epoll may watch it, only this API may read it.
+ * @return 0, -ENODEV, -EMFILE, -ENOMEM
  */
 int mw_evtchn_open(struct mw_plat *plat, struct mw_evtchn **out);
+/** Close a handle and every port bound through it. Accepts NULL. */
 void mw_evtchn_close(struct mw_evtchn *ec);
 int mw_evtchn_fd(const struct mw_evtchn *ec);
 
-/** Allocate a port that domain `remote` may bind to. @return the local port (> 0) or -errno */
+/**
+ * Allocate a port that domain `remote` may bind to.
+ * @param remote  a domain id or MW_DOMID_SELF
+ * @return the local port (> 0), -EINVAL (remote out of range), -ENOSPC, -errno
+ */
 int mw_evtchn_alloc_unbound(struct mw_evtchn *ec, mw_domid_t remote);
 
-/** Bind to `remote_port` of domain `remote`. @return the local port (> 0) or -errno */
+/**
+ * Bind to `remote_port` of domain `remote`, which must be an unbound port allocated for us.
+ * @param remote  a domain id or MW_DOMID_SELF
+ * @return the local port (> 0), -EINVAL (no such port, already bound, or not offered to us),
+ *         -ESRCH (sim: the remote port's owner is gone), -errno
+ */
 int mw_evtchn_bind_interdomain(struct mw_evtchn *ec, mw_domid_t remote, uint32_t remote_port);
 
-/** Kick the other end of a bound local port. @return 0, -EINVAL (port not ours) */
+/**
+ * Kick the other end of a bound local port. Kicks coalesce while the other end has one
+ * pending: it sees one event for any number of kicks before it takes the pending port.
+ * @return 0, -EINVAL (port not bound through this handle), -ENOTCONN (sim: the other end is
+ *         not bound yet, or has unbound or died; real Xen drops such a kick and returns 0, so
+ *         liveness is XenStore's business there)
+ */
 int mw_evtchn_notify(struct mw_evtchn *ec, uint32_t port);
 
 /**
@@ -102,7 +141,7 @@ int mw_evtchn_pending(struct mw_evtchn *ec);
  */
 int mw_evtchn_wait(struct mw_evtchn *ec, int timeout_ms);
 
-/** Close a local port. @return 0 or -EINVAL */
+/** Close a local port bound through this handle. @return 0 or -EINVAL */
 int mw_evtchn_unbind(struct mw_evtchn *ec, uint32_t port);
 
 #endif /* MWCOMMS_PLATFORM_H */

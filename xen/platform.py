@@ -1,0 +1,241 @@
+"""Grant tables and event channels for Python: a thin typed layer over mwcomms._native.
+
+The C API (xen/include/mwcomms/platform.h) does the work on both backends, ``sim`` (one host,
+processes as domains) and ``xen`` (the /dev/xen devices of a real domain). This module only
+allocates arguments, calls it, and turns a negative errno into an ``OSError`` with ``.errno``
+(in ``_check``, the one place that does so).
+
+    with Platform(backend="sim", sim_dir="/dev/shm/sim", domid=1) as plat:
+        with plat.share(2, 4) as g:            # 4 pages that domain 2 may map
+            g.buffer[:5] = b"hello"
+            ...  # tell domain 2 about g.refs, e.g. through XenStore
+        with plat.evtchn() as ec:
+            port = ec.alloc_unbound(2)
+            ec.wait(1.0) and ec.pending()
+
+Handles are closed by ``close()``/``release()``, by ``with``, or when garbage collected; a
+Platform closes its grants and event channels first. Shared memory is only safe to touch
+through ``buffer`` for control-plane work: data-plane indices belong to the C ring library.
+"""
+import errno
+import os
+import weakref
+
+from mwcomms._native import ffi, lib
+
+__all__ = ["Platform", "Grant", "EventChannel", "DOMID_SELF", "PAGE_SIZE"]
+
+DOMID_SELF = lib.MW_DOMID_SELF
+PAGE_SIZE = lib.MW_GNT_PAGE_SIZE
+
+
+def _check(rc, what):
+    """Return rc when it is >= 0; raise OSError(-rc) naming `what` when it is a -errno."""
+    if rc < 0:
+        raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
+    return rc
+
+
+class Platform:
+    """An open platform: one backend, one domain.
+
+    backend: "sim", "xen" or None (MW_BACKEND, else xen where /dev/xen/evtchn exists, else sim).
+    sim_dir, domid: the sim's directory and this process's domain id (None: MW_SIM_DIR and
+    MW_SIM_DOMID). Raises OSError (ENODEV: backend not here, EINVAL: bad configuration).
+    """
+
+    def __init__(self, backend=None, sim_dir=None, domid=None):
+        self._ptr = None
+        self._children = weakref.WeakSet()
+        keep = []
+
+        def cstr(s):
+            if s is None:
+                return ffi.NULL
+            keep.append(ffi.new("char[]", os.fsencode(s)))
+            return keep[-1]
+
+        cfg = ffi.new("struct mw_plat_config *")
+        cfg.backend = cstr(backend)
+        cfg.sim_dir = cstr(sim_dir)
+        cfg.sim_domid = -1 if domid is None else int(domid)
+        out = ffi.new("struct mw_plat **")
+        _check(lib.mw_plat_open(cfg, out), "platform open")
+        self._ptr = out[0]
+        self.backend = ffi.string(lib.mw_plat_backend(self._ptr)).decode()
+
+    @property
+    def domid(self):
+        """This domain's id on sim; None on xen (XenStore knows it there)."""
+        rc = lib.mw_plat_domid(self._live())
+        return rc if rc >= 0 else None
+
+    def _live(self):
+        if self._ptr is None:
+            raise ValueError("platform is closed")
+        return self._ptr
+
+    def share(self, remote, npages):
+        """Grant `npages` zeroed pages to domain `remote`; returns a Grant with .refs."""
+        n = npages if 0 < npages <= lib.MW_GNT_MAX_PAGES else 0   # C refuses 0: EINVAL
+        refs = ffi.new("uint32_t[]", max(n, 1))
+        addr = ffi.new("void **")
+        out = ffi.new("struct mw_gnt **")
+        _check(lib.mw_gnt_share(self._live(), remote, n, refs, addr, out),
+               f"share {npages} pages with domain {remote}")
+        return self._adopt(Grant(self, out[0], addr[0], npages, tuple(refs[0:npages])))
+
+    def map(self, remote, refs):
+        """Map the pages `refs` granted by domain `remote`, in that order, contiguously."""
+        refs = tuple(int(r) for r in refs)
+        crefs = ffi.new("uint32_t[]", refs) if refs else ffi.new("uint32_t[1]")
+        addr = ffi.new("void **")
+        out = ffi.new("struct mw_gnt **")
+        _check(lib.mw_gnt_map(self._live(), remote, len(refs), crefs, addr, out),
+               f"map {len(refs)} pages of domain {remote}")
+        return self._adopt(Grant(self, out[0], addr[0], len(refs), refs))
+
+    def evtchn(self):
+        """Open an event channel handle."""
+        out = ffi.new("struct mw_evtchn **")
+        _check(lib.mw_evtchn_open(self._live(), out), "event channel open")
+        return self._adopt(EventChannel(self, out[0]))
+
+    def _adopt(self, child):
+        self._children.add(child)
+        return child
+
+    def close(self):
+        """Release every grant and event channel of this platform, then close it."""
+        if self._ptr is None:
+            return
+        for child in list(self._children):
+            child.close()
+        lib.mw_plat_close(self._ptr)
+        self._ptr = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._ptr is None else f"domid={self.domid}"
+        return f"<Platform {self.backend} {state}>"
+
+
+class Grant:
+    """Pages shared with (Platform.share) or mapped from (Platform.map) another domain.
+
+    refs: the grant references, in page order. address: where the pages are mapped here.
+    buffer: a writable memoryview of them, released by release() (do not keep slices of it
+    past release: the pages are unmapped then).
+    """
+
+    def __init__(self, plat, ptr, addr, npages, refs):
+        self._plat = plat          # keeps the platform open as long as the grant lives
+        self._ptr = ptr
+        self.refs = refs
+        self.npages = npages
+        self.address = int(ffi.cast("uintptr_t", addr))
+        self._view = memoryview(ffi.buffer(addr, npages * PAGE_SIZE))
+
+    @property
+    def buffer(self):
+        if self._ptr is None:
+            raise ValueError("grant is released")
+        return self._view
+
+    def release(self):
+        """Unmap (or stop sharing) the pages. Idempotent."""
+        if self._ptr is None:
+            return
+        self._view.release()
+        lib.mw_gnt_release(self._ptr)
+        self._ptr = None
+
+    close = release
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        self.release()
+
+    def __repr__(self):
+        state = "released" if self._ptr is None else f"at {self.address:#x}"
+        return f"<Grant {self.npages} pages refs={list(self.refs)} {state}>"
+
+
+class EventChannel:
+    """An event channel handle: any number of ports, one fd to poll (also via fileno())."""
+
+    def __init__(self, plat, ptr):
+        self._plat = plat          # keeps the platform open as long as the handle lives
+        self._ptr = ptr
+        self.fd = lib.mw_evtchn_fd(ptr)
+
+    def _live(self):
+        if self._ptr is None:
+            raise ValueError("event channel is closed")
+        return self._ptr
+
+    def fileno(self):
+        return self.fd
+
+    def alloc_unbound(self, remote):
+        """A new local port that domain `remote` (or DOMID_SELF) may bind to."""
+        return _check(lib.mw_evtchn_alloc_unbound(self._live(), remote),
+                      f"alloc unbound port for domain {remote}")
+
+    def bind_interdomain(self, remote, remote_port):
+        """Bind to `remote_port` of domain `remote`; returns the local port."""
+        return _check(lib.mw_evtchn_bind_interdomain(self._live(), remote, remote_port),
+                      f"bind to port {remote_port} of domain {remote}")
+
+    def notify(self, port):
+        """Kick the other end of local `port`."""
+        _check(lib.mw_evtchn_notify(self._live(), port), f"notify port {port}")
+
+    def pending(self):
+        """Take one pending port and unmask it; None when none is pending."""
+        rc = lib.mw_evtchn_pending(self._live())
+        if rc == -errno.EAGAIN:
+            return None
+        return _check(rc, "pending")
+
+    def wait(self, timeout=None):
+        """Wait up to `timeout` seconds (None: forever) for a pending port; True if one is."""
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        return bool(_check(lib.mw_evtchn_wait(self._live(), ms), "wait"))
+
+    def unbind(self, port):
+        _check(lib.mw_evtchn_unbind(self._live(), port), f"unbind port {port}")
+
+    def close(self):
+        """Close the handle and every port bound through it. Idempotent."""
+        if self._ptr is None:
+            return
+        lib.mw_evtchn_close(self._ptr)
+        self._ptr = None
+        self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def __repr__(self):
+        return f"<EventChannel fd={self.fd}>"
+
