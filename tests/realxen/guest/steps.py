@@ -371,7 +371,8 @@ def step_xenbus_handshake(ctx):
     rc, out = sh([sys.executable, "-m", "mwcomms.xen.xenbus", "selftest"], timeout=120)
     log("\n".join("xenbus| " + l for l in out.splitlines()))
     if rc != 0:
-        raise Fail("selftest rc=%d: %s" % (rc, out.strip()[-300:]))
+        last = out.strip().splitlines()[-1] if out.strip() else ""
+        raise Fail("selftest rc=%d: %s" % (rc, last[:300]))
     return out.strip().splitlines()[-1] if out.strip() else "rc=0"
 
 
