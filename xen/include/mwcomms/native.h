@@ -5,5 +5,6 @@
 #define MWCOMMS_NATIVE_H
 #include "mwcomms/proto.h"
 #include "mwcomms/platform.h"
+#include "mwcomms/ring.h"
 #include "mwcomms/codec.h"
 #endif
