@@ -408,7 +408,7 @@ def build_programs(cfg, clock, root):
         if not os.path.exists(os.path.join(TOP, prog.main)):
             manifest[prog.name] = "missing: %s not yet built" % prog.main
             continue
-        cmd = ["gcc", "-static", "-O2", "-g0", "-std=gnu11", "-Wall", "-D_GNU_SOURCE",
+        cmd = ["gcc", "-static", "-O2", "-g0", "-std=gnu11", "-Wall",
                "-I", os.path.join(TOP, "xen", "include"),
                "-idirafter", os.path.join(root, "usr", "include"),   # Debian's xen/sys/*.h
                "-o", out] + prog.sources() + ["-lpthread"]
