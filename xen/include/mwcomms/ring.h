@@ -21,6 +21,11 @@
  *  - event indices (*_event) written by the peer only decide whether we kick the event channel;
  *    any value there is harmless to us, so they are not checked.
  *
+ * What is checked where. The ring checks what its own work depends on: indices, record framing,
+ * and that a response answers an outstanding request. The content of a message (commands,
+ * pads, addresses, event flags, datagram header fields) is checked by the codec (codec.h:
+ * mw_req_check, mw_rsp_check, mw_event_check, mw_dgram_check) on the copy the ring returns.
+ *
  * Notification. Every "publish" call returns 1 when the peer asked to be kicked (its event
  * index lies between the old and the new value of ours), 0 when it did not; the caller then
  * kicks the event channel (mw_evtchn_notify). Before sleeping, a consumer calls the matching
