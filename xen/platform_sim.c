@@ -25,6 +25,7 @@
  * - A kick writes one byte without blocking; a full FIFO means the port is pending already.
  *   Taking a pending port drains its FIFO, so the kicks before it coalesce into one event,
  *   and any kick after it fires again (the take also unmasks, as read+write of evtchn do).
+ *   A port made by bind_interdomain starts pending, as on Xen.
  * - Port states change only under the lock, and the two ends of a channel change together.
  *   Under the lock, a port FIFO with no reader belongs to a process that died: its number is
  *   reclaimed when allocation reaches it.
@@ -866,6 +867,9 @@ static int sim_evtchn_bind_interdomain(struct mw_evtchn *ec, mw_domid_t remote,
         goto out_unwatch;
     se->ports[se->nports++] = (struct sim_port){ .port = (uint32_t)port, .rfd = rfd,
                                                  .peer_fd = peer_fd };
+    /* Xen sets the new port pending, to make up for kicks lost while the other end was
+     * unbound: do the same, so that code above meets this spurious event here too */
+    sim_kick(rfd);
     rc = port;
     goto out_unlock_sim;
 

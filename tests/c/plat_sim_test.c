@@ -321,6 +321,10 @@ static void test_evtchn(void)
     check(rc == -ENOTCONN, rc, "kick on a port nobody bound yet: -ENOTCONN (rc=%d)", rc);
     q = mw_evtchn_bind_interdomain(e2, 1, (uint32_t)p);
     check(q == 1, q, "domain 2 binds it -> its port %d", q);
+    rc = pending_after_wait(e2, 1000);
+    check(rc == q && mw_evtchn_pending(e2) == -EAGAIN, rc,
+          "the fresh binding starts with one event, as on Xen");
+    check(mw_evtchn_pending(e1) == -EAGAIN, 0, "and the offering end gets none");
     rc = mw_evtchn_bind_interdomain(e3, 1, (uint32_t)p);
     check(rc == -EINVAL, rc, "binding a bound port: -EINVAL (rc=%d)", rc);
 
@@ -365,6 +369,7 @@ static void test_evtchn(void)
     check(u > 0 && v == -EINVAL, v, "a port offered to ourselves is not for domain 2");
     v = mw_evtchn_bind_interdomain(e1, MW_DOMID_SELF, (uint32_t)u);
     check(v > 0 && v != u, v, "bind our own port %d through MW_DOMID_SELF -> %d", u, v);
+    check(pending_after_wait(e1, 1000) == v, 0, "take the binding's first event");
     mw_evtchn_notify(e2, (uint32_t)q);
     mw_evtchn_notify(e1, (uint32_t)v);
     got1 = pending_after_wait(e1, 1000);
@@ -382,6 +387,7 @@ static void test_evtchn(void)
     check(rc == -ENOTCONN, rc, "kick after the peer unbound: -ENOTCONN (rc=%d)", rc);
     q2 = mw_evtchn_bind_interdomain(e2, 1, (uint32_t)p);
     check(q2 > 0, q2, "domain 2 binds the same port again -> %d", q2);
+    check(pending_after_wait(e2, 1000) == q2, 0, "take the binding's first event");
     rc = mw_evtchn_notify(e1, (uint32_t)p);
     check(rc == 0 && pending_after_wait(e2, 1000) == q2, rc, "and kicks reach it again");
     mw_evtchn_close(e2);
@@ -598,6 +604,7 @@ static int rtt(int rounds)
         c = open_dom(2);
         ce = open_ec(c);
         q = mw_evtchn_bind_interdomain(ce, 1, (uint32_t)p);
+        pending_after_wait(ce, 5000);           /* the binding's first event */
         mw_evtchn_notify(ce, (uint32_t)q);
         for (i = 0; i < rounds && rc >= 0; i++) {
             rc = pending_after_wait(ce, 5000);

@@ -35,7 +35,7 @@
 #define MAX_PAGES 64
 #define OFFER_AREA 0            /* bytes [0, 2048) of each page: written by the offering side */
 #define MAP_AREA 2048           /* bytes [2048, 3072): written by the mapping side */
-#define ACK_AREA 3072           /* bytes [3072, 4096) of page 0: the offering side's reply */
+#define ACK_AREA 3072           /* bytes [3072, 3584) of page 0: the offering side's reply */
 
 static int failures;
 
@@ -90,6 +90,32 @@ static bool offer_ok(const uint8_t *pg, uint32_t want)
     return true;
 }
 
+#define DONE_AREA 3584        /* bytes [3584, 4096) of page 0: the mapping side's "done" */
+
+static uint32_t npages_seen;    /* pages in the exchange, for the predicates below */
+
+static bool map_reply_ok(const uint8_t *pg, uint32_t i);
+
+static bool all_replied(const uint8_t *base)
+{
+    uint32_t i;
+
+    for (i = 0; i < npages_seen; i++)
+        if (!map_reply_ok(base + (size_t)i * PG, i))
+            return false;
+    return true;
+}
+
+static bool acked(const uint8_t *base)
+{
+    return strcmp((const char *)base + ACK_AREA, "mwcomms offer ack") == 0;
+}
+
+static bool peer_done(const uint8_t *base)
+{
+    return strcmp((const char *)base + DONE_AREA, "mwcomms map done") == 0;
+}
+
 static void map_reply(uint8_t *pg, uint32_t i)
 {
     snprintf((char *)pg + MAP_AREA, 64, "mwcomms map page %u", i);
@@ -122,6 +148,39 @@ static int wait_port(struct mw_evtchn *ec, int timeout_ms)
     return mw_evtchn_pending(ec);
 }
 
+static double now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/*
+ * Events are hints: wait for kicks on `port` until `done(arg)` holds, at most `timeout_ms`.
+ * Kicks that carry no news (the one a fresh binding starts with) are taken and skipped.
+ * @return 0 when done, -ETIMEDOUT, -EPROTO (an event on another port), -errno
+ */
+static int wait_until(struct mw_evtchn *ec, int port, bool (*done)(const uint8_t *),
+                      const uint8_t *arg, int timeout_ms)
+{
+    double end = now_ms() + timeout_ms;
+    int got;
+
+    while (!done(arg)) {
+        int left = (int)(end - now_ms());
+
+        if (left <= 0)
+            return -ETIMEDOUT;
+        got = wait_port(ec, left);
+        if (got < 0)
+            return got;
+        if (got > 0 && got != port)
+            return -EPROTO;
+    }
+    return 0;
+}
+
 /* Count the events that arrive on `ec` within `ms` milliseconds. */
 static int count_events(struct mw_evtchn *ec, int ms)
 {
@@ -130,14 +189,6 @@ static int count_events(struct mw_evtchn *ec, int ms)
     while (wait_port(ec, ms) > 0)
         n++;
     return n;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 static int open_plat(struct mw_plat **plat)
@@ -226,8 +277,10 @@ static void self_evtchn(struct mw_plat *plat)
     if (!check(p2 > 0, p2, "bind interdomain to our port %d -> %d", p1, p2))
         goto out_close;
 
+    n = count_events(e2, 300);
+    printf("PLAT INFO: the new binding started with %d event(s) (Xen sets it pending)\n", n);
     rc = mw_evtchn_pending(e2);
-    check(rc == -EAGAIN, rc, "nothing pending before a kick (rc=%d)", rc);
+    check(rc == -EAGAIN, rc, "once that is taken, nothing pending before a kick (rc=%d)", rc);
     rc = mw_evtchn_notify(e1, (uint32_t)p1);
     check(rc == 0, rc, "notify %d -> %d", p1, p2);
     got = wait_port(e2, 5000);
@@ -301,14 +354,13 @@ static int publish(const char *file, const uint32_t *refs, uint32_t n, int port)
 
 static int do_offer(mw_domid_t remote, const char *file, uint32_t npages)
 {
-    uint32_t refs[MAX_PAGES], i;
+    uint32_t refs[MAX_PAGES];
     struct mw_evtchn *ec = NULL;
     struct mw_gnt *g = NULL;
     struct mw_plat *plat;
     uint8_t *p;
     void *addr;
-    int port = -1, rc, got;
-    bool ok;
+    int port = -1, rc;
 
     if (open_plat(&plat) < 0)
         return 1;
@@ -327,18 +379,17 @@ static int do_offer(mw_domid_t remote, const char *file, uint32_t npages)
     if (!check(rc == 0, rc, "offer: wrote refs and port to %s", file))
         goto out_close;
 
-    got = wait_port(ec, 60000);
-    if (!check(got == port, got, "offer: kick from domain %u on port %d", remote, got))
+    npages_seen = npages;
+    rc = wait_until(ec, port, all_replied, p, 60000);
+    if (!check(rc == 0, rc, "offer: kicked by domain %u, which wrote into each of our %u pages",
+               remote, npages))
         goto out_close;
     /* the kick orders the peer's writes before our reads (a hypercall / a syscall) */
-    for (ok = true, i = 0; i < npages; i++)
-        ok = ok && map_reply_ok(p + (size_t)i * PG, i);
-    check(ok, 0, "offer: domain %u wrote into each of our %u pages", remote, npages);
     snprintf((char *)p + ACK_AREA, 64, "mwcomms offer ack");
     rc = mw_evtchn_notify(ec, (uint32_t)port);
     check(rc == 0, rc, "offer: kick domain %u back", remote);
-    got = wait_port(ec, 30000);
-    check(got == port, got, "offer: last kick from domain %u (peer done)", remote);
+    rc = wait_until(ec, port, peer_done, p, 30000);
+    check(rc == 0, rc, "offer: last kick from domain %u (peer done)", remote);
 out_close:
     if (port > 0)
         mw_evtchn_unbind(ec, (uint32_t)port);
@@ -375,7 +426,7 @@ static int do_map(mw_domid_t remote, const char *refs_arg, uint32_t rport)
     struct mw_evtchn *ec = NULL;
     struct mw_gnt *g = NULL;
     struct mw_plat *plat;
-    int n, port = -1, rc, got;
+    int n, port = -1, rc;
     uint8_t *p;
     void *addr;
     bool ok;
@@ -403,10 +454,10 @@ static int do_map(mw_domid_t remote, const char *refs_arg, uint32_t rport)
         goto out_close;
     rc = mw_evtchn_notify(ec, (uint32_t)port);
     check(rc == 0, rc, "map: kick domain %u", remote);
-    got = wait_port(ec, 30000);
-    if (check(got == port, got, "map: kick back from domain %u", remote))
-        check(strcmp((const char *)p + ACK_AREA, "mwcomms offer ack") == 0, 0,
-              "map: domain %u's reply is in the page: '%.20s'", remote, (const char *)p + ACK_AREA);
+    rc = wait_until(ec, port, acked, p, 30000);
+    check(rc == 0, rc, "map: kicked back by domain %u, its reply is in the page: '%.20s'",
+          remote, (const char *)p + ACK_AREA);
+    snprintf((char *)p + DONE_AREA, 64, "mwcomms map done");
     rc = mw_evtchn_notify(ec, (uint32_t)port);
     check(rc == 0, rc, "map: last kick to domain %u", remote);
 out_close:

@@ -114,6 +114,8 @@ int mw_evtchn_alloc_unbound(struct mw_evtchn *ec, mw_domid_t remote);
 
 /**
  * Bind to `remote_port` of domain `remote`, which must be an unbound port allocated for us.
+ * The new local port starts pending, on both backends: Xen sets it so to make up for kicks
+ * sent to the unbound end, so expect one event on it that carries no news.
  * @param remote  a domain id or MW_DOMID_SELF
  * @return the local port (> 0), -EINVAL (no such port, already bound, or not offered to us),
  *         -ESRCH (sim: the remote port's owner is gone), -errno
