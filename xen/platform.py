@@ -14,8 +14,10 @@ allocates arguments, calls it, and turns a negative errno into an ``OSError`` wi
             ec.wait(1.0) and ec.pending()
 
 Handles are closed by ``close()``/``release()``, by ``with``, or when garbage collected; a
-Platform closes its grants and event channels first. Shared memory is only safe to touch
-through ``buffer`` for control-plane work: data-plane indices belong to the C ring library.
+Platform closes its grants and event channels first. A handle belongs to the process that
+opened it: after fork() the child cannot use it, and dropping it there leaves the parent's
+state alone. Touch shared memory through ``buffer`` only for control-plane work: data-plane
+indices belong to the C ring library (Python has no memory barriers).
 """
 import errno
 import os
@@ -46,6 +48,7 @@ class Platform:
 
     def __init__(self, backend=None, sim_dir=None, domid=None):
         self._ptr = None
+        self._pid = os.getpid()
         self._children = weakref.WeakSet()
         keep = []
 
@@ -71,8 +74,8 @@ class Platform:
         return rc if rc >= 0 else None
 
     def _live(self):
-        if self._ptr is None:
-            raise ValueError("platform is closed")
+        if self._ptr is None or self._pid != os.getpid():
+            raise ValueError("platform is closed, or belongs to the parent process")
         return self._ptr
 
     def share(self, remote, npages):
@@ -109,9 +112,10 @@ class Platform:
         """Release every grant and event channel of this platform, then close it."""
         if self._ptr is None:
             return
-        for child in list(self._children):
-            child.close()
-        lib.mw_plat_close(self._ptr)
+        if self._pid == os.getpid():
+            for child in list(self._children):
+                child.close()
+            lib.mw_plat_close(self._ptr)
         self._ptr = None
 
     def __enter__(self):
@@ -124,7 +128,7 @@ class Platform:
         self.close()
 
     def __repr__(self):
-        state = "closed" if self._ptr is None else f"domid={self.domid}"
+        state = "closed" if self._ptr is None else f"domid={lib.mw_plat_domid(self._ptr)}"
         return f"<Platform {self.backend} {state}>"
 
 
@@ -139,6 +143,7 @@ class Grant:
     def __init__(self, plat, ptr, addr, npages, refs):
         self._plat = plat          # keeps the platform open as long as the grant lives
         self._ptr = ptr
+        self._pid = os.getpid()
         self.refs = refs
         self.npages = npages
         self.address = int(ffi.cast("uintptr_t", addr))
@@ -146,8 +151,8 @@ class Grant:
 
     @property
     def buffer(self):
-        if self._ptr is None:
-            raise ValueError("grant is released")
+        if self._ptr is None or self._pid != os.getpid():
+            raise ValueError("grant is released, or belongs to the parent process")
         return self._view
 
     def release(self):
@@ -155,7 +160,8 @@ class Grant:
         if self._ptr is None:
             return
         self._view.release()
-        lib.mw_gnt_release(self._ptr)
+        if self._pid == os.getpid():
+            lib.mw_gnt_release(self._ptr)
         self._ptr = None
 
     close = release
@@ -180,11 +186,12 @@ class EventChannel:
     def __init__(self, plat, ptr):
         self._plat = plat          # keeps the platform open as long as the handle lives
         self._ptr = ptr
+        self._pid = os.getpid()
         self.fd = lib.mw_evtchn_fd(ptr)
 
     def _live(self):
-        if self._ptr is None:
-            raise ValueError("event channel is closed")
+        if self._ptr is None or self._pid != os.getpid():
+            raise ValueError("event channel is closed, or belongs to the parent process")
         return self._ptr
 
     def fileno(self):
@@ -223,7 +230,8 @@ class EventChannel:
         """Close the handle and every port bound through it. Idempotent."""
         if self._ptr is None:
             return
-        lib.mw_evtchn_close(self._ptr)
+        if self._pid == os.getpid():
+            lib.mw_evtchn_close(self._ptr)
         self._ptr = None
         self.fd = -1
 
