@@ -54,6 +54,8 @@ struct mw_gnt {
     bool mapped;                    /* from mw_gnt_map (else from mw_gnt_share) */
     uint64_t index;                 /* xen: mmap offset in gntalloc / gntdev, for the dealloc */
     char *path;                     /* sim: the share file, unlinked at release (NULL: mapping) */
+    int fd;                         /* sim: that file, held open with a shared flock: the sign
+                                     * that its granter is alive */
 };
 
 struct mw_evtchn {

@@ -19,6 +19,8 @@
  *   unlinked at release. Mapping opens it by name without the lock: the name says who
  *   granted which references to whom. A mapping made stays valid after the granter's release,
  *   as a Xen grant stays mapped until the mapper unmaps it.
+ * - The granter holds a shared flock on its share file while the grant lives; a share file
+ *   nobody holds so belongs to a process that died, and the next share removes it.
  * - The owner of a port keeps its FIFO open read-write for as long as the port lives. So the
  *   FIFO never shows its owner a hangup, and a writer gets EPIPE exactly when the owner has
  *   gone (unbound the port, closed the handle, or died): that is how a kick sees a dead peer.
@@ -29,6 +31,7 @@
  * - Port states change only under the lock, and the two ends of a channel change together.
  *   Under the lock, a port FIFO with no reader belongs to a process that died: its number is
  *   reclaimed when allocation reaches it.
+ * - Grant references are never reused (a counter per domain, under the lock).
  *
  * The sim is a test bed, not an isolation boundary: every simulated domain can read the whole
  * directory. A handle must not be used across fork() (the flock would be shared).
@@ -245,100 +248,69 @@ out_close:
     return rc;
 }
 
-static int sim_gnt_share(struct mw_plat *plat, mw_domid_t remote, uint32_t npages,
-                         uint32_t *refs, struct mw_gnt *g)
-{
-    struct sim_plat *sp = sim_of(plat);
-    size_t len = (size_t)npages * MW_GNT_PAGE_SIZE;
-    char tmp[SIM_NAME_MAX], name[SIM_NAME_MAX];
-    uint32_t first = 0, i;
-    void *addr;
-    int fd, rc;
-
-    rc = sim_lock(sp);
-    if (rc < 0)
-        return rc;
-    rc = sim_alloc_refs(sp, npages, &first);
-    sim_unlock(sp);
-    if (rc < 0)
-        return rc;
-
-    snprintf(tmp, sizeof(tmp), "gnt-new.%u.%u", sp->domid, first);
-    snprintf(name, sizeof(name), "gnt.%u.%u.%u.%u", sp->domid, first, npages, remote);
-    g->path = strdup(name);
-    if (!g->path)
-        return -ENOMEM;
-    fd = openat(sp->dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        rc = -errno;
-        goto out_free_path;
-    }
-    if (ftruncate(fd, (off_t)len) < 0) {
-        rc = -errno;
-        goto out_unlink_tmp;
-    }
-    addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (addr == MAP_FAILED) {
-        rc = -errno;
-        goto out_unlink_tmp;
-    }
-    /* the pages exist and are sized /then/ the grant becomes visible under its name */
-    if (renameat(sp->dirfd, tmp, sp->dirfd, name) < 0) {
-        rc = -errno;
-        goto out_unmap;
-    }
-    close(fd);
-    for (i = 0; i < npages; i++)
-        refs[i] = first + i;
-    g->addr = addr;
-    return 0;
-
-out_unmap:
-    munmap(addr, len);
-out_unlink_tmp:
-    unlinkat(sp->dirfd, tmp, 0);
-    close(fd);
-out_free_path:
-    free(g->path);
-    g->path = NULL;
-    return rc;
-}
-
 /* One share of the granting domain, as its file name says. */
 struct sim_share {
     uint32_t first, count;
     uint32_t to;
 };
 
+/* Parse "gnt.<dom>.<first>.<count>.<to>". @return true when `name` is a share file */
+static bool parse_share(const char *name, uint32_t *dom, struct sim_share *s)
+{
+    const char *p = name;
+
+    if (strncmp(p, "gnt.", 4) != 0)
+        return false;
+    p += 4;
+    return take_u32(&p, '.', dom) && take_u32(&p, '.', &s->first) &&
+           take_u32(&p, '.', &s->count) && take_u32(&p, '\0', &s->to) && s->count > 0;
+}
+
+/* Parse "gnt-new.<dom>.<first>": a share being made (or left half made by a dead process). */
+static bool parse_new_share(const char *name)
+{
+    const char *p = name;
+    uint32_t dom, first;
+
+    if (strncmp(p, "gnt-new.", 8) != 0)
+        return false;
+    p += 8;
+    return take_u32(&p, '.', &dom) && take_u32(&p, '\0', &first);
+}
+
+static DIR *sim_opendir(struct sim_plat *sp)
+{
+    int fd = openat(sp->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d;
+
+    if (fd < 0)
+        return NULL;
+    d = fdopendir(fd);
+    if (!d) {
+        int err = errno;
+
+        close(fd);
+        errno = err;
+    }
+    return d;
+}
+
 /* List the shares of domain `granter`. */
 static int sim_list_shares(struct sim_plat *sp, mw_domid_t granter, struct sim_share **out,
                            size_t *nout)
 {
-    struct sim_share *shares = NULL, *bigger;
+    struct sim_share *shares = NULL, *bigger, s;
     size_t n = 0, cap = 0;
     struct dirent *de;
+    uint32_t dom;
     DIR *d;
-    int fd, rc = 0;
+    int rc = 0;
 
-    fd = openat(sp->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
+    d = sim_opendir(sp);
+    if (!d)
         return -errno;
-    d = fdopendir(fd);
-    if (!d) {
-        rc = -errno;
-        close(fd);
-        return rc;
-    }
     while ((de = readdir(d)) != NULL) {
-        const char *p = de->d_name;
-        struct sim_share s;
-        uint32_t dom;
-
-        if (strncmp(p, "gnt.", 4) != 0)
-            continue;
-        p += 4;
-        if (!take_u32(&p, '.', &dom) || dom != granter || !take_u32(&p, '.', &s.first) ||
-            !take_u32(&p, '.', &s.count) || !take_u32(&p, '\0', &s.to) || s.count == 0)
+        if (!parse_share(de->d_name, &dom, &s) || dom != granter)
             continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 16;
@@ -360,6 +332,111 @@ out_closedir:
     *out = shares;
     *nout = n;
     return 0;
+}
+
+/*
+ * Remove the share files of processes that died without releasing them. A granter holds a
+ * shared flock on its share file for the grant's lifetime (taken under the lock, when the
+ * file is made), so an exclusive one can be had exactly when no granter is left. Mappings
+ * made of a removed file stay valid. Lock held.
+ */
+static void sim_sweep_shares(struct sim_plat *sp)
+{
+    struct sim_share s;
+    struct dirent *de;
+    uint32_t dom;
+    DIR *d;
+    int fd;
+
+    d = sim_opendir(sp);
+    if (!d)
+        return;
+    while ((de = readdir(d)) != NULL) {
+        if (!parse_share(de->d_name, &dom, &s) && !parse_new_share(de->d_name))
+            continue;
+        fd = openat(sp->dirfd, de->d_name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            unlinkat(sp->dirfd, de->d_name, 0);
+        close(fd);
+    }
+    closedir(d);
+}
+
+/*
+ * Make the share file under a temporary name and take its granter's flock; the pages are
+ * sized and mapped, /then/ the file is renamed to the name that makes the grant visible.
+ */
+static int sim_gnt_share(struct mw_plat *plat, mw_domid_t remote, uint32_t npages,
+                         uint32_t *refs, struct mw_gnt *g)
+{
+    struct sim_plat *sp = sim_of(plat);
+    size_t len = (size_t)npages * MW_GNT_PAGE_SIZE;
+    char tmp[SIM_NAME_MAX], name[SIM_NAME_MAX];
+    uint32_t first = 0, i;
+    void *addr;
+    int fd, rc;
+
+    rc = sim_lock(sp);
+    if (rc < 0)
+        return rc;
+    sim_sweep_shares(sp);
+    rc = sim_alloc_refs(sp, npages, &first);
+    if (rc < 0)
+        goto out_unlock;
+    snprintf(tmp, sizeof(tmp), "gnt-new.%u.%u", sp->domid, first);
+    fd = openat(sp->dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        rc = -errno;
+        goto out_unlock;
+    }
+    if (flock(fd, LOCK_SH) < 0) {
+        rc = -errno;
+        goto out_unlink_tmp;
+    }
+    sim_unlock(sp);
+
+    snprintf(name, sizeof(name), "gnt.%u.%u.%u.%u", sp->domid, first, npages, remote);
+    g->path = strdup(name);
+    if (!g->path) {
+        rc = -ENOMEM;
+        goto out_unlink_tmp;
+    }
+    if (ftruncate(fd, (off_t)len) < 0) {
+        rc = -errno;
+        goto out_free_path;
+    }
+    addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (addr == MAP_FAILED) {
+        rc = -errno;
+        goto out_free_path;
+    }
+    if (renameat(sp->dirfd, tmp, sp->dirfd, name) < 0) {
+        rc = -errno;
+        goto out_unmap;
+    }
+    for (i = 0; i < npages; i++)
+        refs[i] = first + i;
+    g->addr = addr;
+    g->fd = fd;
+    return 0;
+
+out_unmap:
+    munmap(addr, len);
+out_free_path:
+    free(g->path);
+    g->path = NULL;
+    unlinkat(sp->dirfd, tmp, 0);
+    close(fd);
+    return rc;
+
+out_unlink_tmp:
+    unlinkat(sp->dirfd, tmp, 0);
+    close(fd);
+out_unlock:
+    sim_unlock(sp);
+    return rc;
 }
 
 static const struct sim_share *sim_find_share(const struct sim_share *shares, size_t n,
@@ -461,6 +538,7 @@ static void sim_gnt_release(struct mw_gnt *g)
     if (g->path) {
         unlinkat(sim_of(g->plat)->dirfd, g->path, 0);
         free(g->path);
+        close(g->fd);           /* drops the granter's flock */
     }
 }
 

@@ -216,11 +216,20 @@ static int xen_evtchn_bind_interdomain(struct mw_evtchn *ec, mw_domid_t remote,
     return evtchn_ioctl(ec, IOCTL_EVTCHN_BIND_INTERDOMAIN, &b);
 }
 
+/*
+ * The driver answers -ENOTCONN for a port this file did not bind; the API says -EINVAL there
+ * (and keeps -ENOTCONN for a peer that is gone, which only sim can tell).
+ */
+static int not_ours_is_einval(int rc)
+{
+    return rc == -ENOTCONN ? -EINVAL : rc;
+}
+
 static int xen_evtchn_notify(struct mw_evtchn *ec, uint32_t port)
 {
     struct ioctl_evtchn_notify n = { .port = port };
 
-    return evtchn_ioctl(ec, IOCTL_EVTCHN_NOTIFY, &n);
+    return not_ours_is_einval(evtchn_ioctl(ec, IOCTL_EVTCHN_NOTIFY, &n));
 }
 
 static int xen_evtchn_pending(struct mw_evtchn *ec)
@@ -244,7 +253,7 @@ static int xen_evtchn_unbind(struct mw_evtchn *ec, uint32_t port)
 {
     struct ioctl_evtchn_unbind u = { .port = port };
 
-    return evtchn_ioctl(ec, IOCTL_EVTCHN_UNBIND, &u);
+    return not_ours_is_einval(evtchn_ioctl(ec, IOCTL_EVTCHN_UNBIND, &u));
 }
 
 const struct mw_plat_ops mw_plat_xen_ops = {

@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -50,9 +51,19 @@ static bool check(bool ok, int rc, const char *fmt, ...)
     return ok;
 }
 
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* A fresh, empty sim directory for the next test (left over from an earlier run: emptied). */
 static void new_dir(const char *name)
 {
     snprintf(dir, sizeof(dir), "%s/%s", top, name);
+    nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
     printf("PLAT INFO: --- %s (%s)\n", name, dir);
 }
 
@@ -451,6 +462,61 @@ static void test_peer_death(void)
     mw_plat_close(p1);
 }
 
+/* A granter that dies without releasing: its share file goes at the next share. */
+static void test_stale_share(void)
+{
+    struct mw_gnt *live, *m = NULL, *x = NULL, *y = NULL;
+    uint32_t refs[3], lref;
+    struct mw_plat *p1, *p2;
+    int fds[2], st, rc;
+    uint8_t *mp;
+    void *addr;
+    pid_t pid;
+
+    new_dir("stale-share");
+    p1 = open_dom(1);
+    rc = mw_gnt_share(p1, 2, 1, &lref, &addr, &live);
+    check(rc == 0, rc, "domain 1 keeps a live share");
+    if (pipe(fds) < 0)
+        return;
+    pid = fork();
+    if (pid == 0) {
+        struct mw_plat *c = open_dom(3);
+        struct mw_gnt *g;
+
+        if (mw_gnt_share(c, 2, 3, refs, &addr, &g) < 0)
+            _exit(1);
+        memset(addr, 0x33, 3 * PG);
+        if (write(fds[1], refs, sizeof(refs)) != (ssize_t)sizeof(refs))
+            _exit(1);
+        _exit(0);               /* no release */
+    }
+    close(fds[1]);
+    rc = (int)read(fds[0], refs, sizeof(refs));
+    close(fds[0]);
+    waitpid(pid, &st, 0);
+    check(rc == (int)sizeof(refs) && WIFEXITED(st) && WEXITSTATUS(st) == 0, 0,
+          "a child (domain 3) shared 3 pages and died without releasing them");
+    p2 = open_dom(2);
+    rc = mw_gnt_map(p2, 3, 3, refs, &addr, &m);
+    mp = addr;
+    check(rc == 0 && page_is(mp, 0x33), rc, "its pages still map until someone shares again");
+    rc = mw_gnt_share(p2, 1, 1, &lref, &addr, &x);
+    check(rc == 0, rc, "domain 2 shares a page");
+    rc = mw_gnt_map(p2, 3, 3, refs, &addr, &y);
+    check(rc == -ENOENT && !y, rc, "that removed the dead granter's share file: -ENOENT (rc=%d)", rc);
+    check(m && page_is(mp + 2 * PG, 0x33), 0, "a mapping made before stays valid");
+    check(strstr(listing(), "gnt.1.8.1.2 ") != NULL, 0, "the live share survives: '%s'",
+          listing());
+    mw_gnt_release(m);
+    mw_gnt_release(x);
+    mw_gnt_release(live);
+    check(strcmp(listing(), "gnt.1.next gnt.2.next gnt.3.next lock ") == 0, 0,
+          "all released: '%s'", listing());
+    mw_plat_close(p2);
+    mw_plat_close(p1);
+}
+
 /* Several processes of one domain allocate ports and grant refs at once: all distinct. */
 static void test_concurrent_alloc(void)
 {
@@ -654,6 +720,7 @@ int main(int argc, char **argv)
         test_grants();
         test_evtchn();
         test_peer_death();
+        test_stale_share();
         test_concurrent_alloc();
         test_threads();
     } else {

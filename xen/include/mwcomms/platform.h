@@ -80,7 +80,8 @@ int mw_gnt_share(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, uint3
  * read-write region.
  * @param remote  the granting domain (a real id, not MW_DOMID_SELF)
  * @return 0, -ENOENT (sim: a reference that does not exist), -EPERM (sim: a reference granted
- *         to another domain), -EINVAL (xen: either case; bad arguments), -ENOMEM
+ *         to another domain), -EINVAL (bad arguments; xen: either case, as gntdev's mmap
+ *         reports a failed grant map), -ENOMEM
  */
 int mw_gnt_map(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, const uint32_t *refs,
                void **addr, struct mw_gnt **out);
