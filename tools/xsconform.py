@@ -223,7 +223,10 @@ class Ctx:
                 c.close()
             except Exception:
                 pass
-        p = self.target.priv()
+        try:
+            p = self.target.priv()
+        except pyxs.PyXSError:          # the daemon is gone: nothing left to tidy
+            return
         try:
             for path in (self.base, self.dhome):
                 if path:

@@ -98,6 +98,7 @@ class Daemon:
         os.set_blocking(self._wake_w, False)
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._stopping = False
+        self.max_output = MAX_OUTPUT
         self._add_listener(0, self.socket_path)
 
     # -- sockets -------------------------------------------------------------------------
@@ -188,7 +189,7 @@ class Daemon:
             except OSError as exc:
                 self._drop(client, str(exc))
                 return
-        if len(client.outbuf) > MAX_OUTPUT:
+        if len(client.outbuf) > self.max_output:
             self._drop(client, f"{len(client.outbuf)} bytes unread")
             return
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbuf else 0)
