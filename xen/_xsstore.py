@@ -56,7 +56,8 @@ import errno
 import re
 from typing import Callable, Iterator
 
-from ._xswire import DOMID_FIRST_RESERVED, DOMID_SELF, PAYLOAD_MAX, REL_PATH_MAX, Op
+from ._xswire import (DOMID_FIRST_RESERVED, DOMID_SELF, PAYLOAD_MAX, REL_PATH_MAX, Op,
+                      error_payload)
 
 __all__ = ["Quotas", "Store", "Connection", "XsError"]
 
@@ -262,9 +263,6 @@ class Store:
         conn.closed = True
         self.connections.remove(conn)
 
-    def is_introduced(self, domid: int) -> bool:
-        return domid in self.domains
-
     # -- requests -----------------------------------------------------------------------
     _PRIVILEGED = frozenset({Op.CONTROL, Op.INTRODUCE, Op.RELEASE, Op.IS_DOMAIN_INTRODUCED,
                              Op.RESUME, Op.SET_TARGET})
@@ -285,14 +283,14 @@ class Store:
                     raise XsError(errno.ENOENT)
             reply = handler(self, conn, payload)
         except XsError as exc:
-            conn.out.append((Op.ERROR, req_id, tx_id, errno.errorcode[exc.errno].encode() + b"\0"))
+            conn.out.append((Op.ERROR, req_id, tx_id, error_payload(exc.errno)))
             return
         finally:
             conn.tx = None
         if reply is None:
             return
         if len(reply) > PAYLOAD_MAX:
-            conn.out.append((Op.ERROR, req_id, tx_id, b"E2BIG\0"))
+            conn.out.append((Op.ERROR, req_id, tx_id, error_payload(errno.E2BIG)))
         else:
             conn.out.append((mtype, req_id, tx_id, reply))
         if mtype == Op.WATCH:

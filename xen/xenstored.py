@@ -37,9 +37,10 @@ import time
 from typing import Iterator
 
 from ._xsstore import Connection, Quotas, Store
-from ._xswire import FrameError, Message, Reader, encode
+from ._xswire import FrameError, Message, Op, Reader, encode, error_payload
 
-__all__ = ["Xenstored", "Quotas", "start", "running", "main"]
+__all__ = ["Xenstored", "Quotas", "start", "running", "introduce_domain", "release_domain",
+           "main"]
 
 log = logging.getLogger("mwcomms.xenstored")
 
@@ -162,12 +163,19 @@ class Daemon:
             return
         try:
             for msg in client.reader.feed(data):
-                self.store.request(client.conn, msg.type, msg.req_id, msg.tx_id, msg.payload)
+                self._request(client, msg)
                 if client.conn.closed:
                     break
         except FrameError as exc:
             self._drop(client, f"protocol error: {exc}")
         self._flush_all()
+
+    def _request(self, client: _Client, msg: Message) -> None:
+        try:
+            self.store.request(client.conn, msg.type, msg.req_id, msg.tx_id, msg.payload)
+        except Exception:       # a bug in the store must not take the daemon down
+            log.exception("request type %d from domain %d", msg.type, client.conn.domid)
+            client.conn.out.append((Op.ERROR, msg.req_id, msg.tx_id, error_payload(errno.EIO)))
 
     def _flush_all(self) -> None:
         """Move every queued reply and event into its socket."""
@@ -346,6 +354,18 @@ def running(directory: str | None = None, **kwargs) -> Iterator[Xenstored]:
         yield xs
     finally:
         xs.stop()
+
+
+def introduce_domain(client, domid: int) -> None:
+    """Introduce domain `domid` from a domain-0 pyxs client, as the toolstack does (the sim
+    ignores the ring page; the event channel must be non-zero). Its socket appears at once."""
+    client.introduce_domain(domid, 0, 1)
+
+
+def release_domain(client, domid: int) -> None:
+    """RELEASE domain `domid`: its connections close, the nodes it owns go, @releaseDomain
+    fires. (pyxs's own release_domain refuses to run outside a real dom0.)"""
+    client.execute_command(Op.RELEASE, f"{domid}\0".encode())
 
 
 # ---------------------------------------------------------------------------------------

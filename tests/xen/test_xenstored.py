@@ -67,7 +67,7 @@ def closed(s, timeout=2.0):
 
 
 def introduce(c, domid):
-    c.introduce_domain(domid, 0, 1)
+    xenstored.introduce_domain(c, domid)
     c.mkdir(f"/local/domain/{domid}".encode())
     c.set_perms(f"/local/domain/{domid}".encode(), [f"n{domid}".encode()])
 
@@ -315,7 +315,7 @@ def test_domain_socket_lifecycle():
         assert d.read(b"/shared") == b"s"
         d.close()
         raw = raw_sock(xs.domain_socket(5))
-        c.execute_command(Op.RELEASE, b"5\0")
+        xenstored.release_domain(c, 5)
         # Release: the domain's connections close, its nodes go (watch fires), then
         # @releaseDomain fires.
         assert closed(raw)
@@ -472,3 +472,41 @@ def test_directory_part_pages_like_the_c_daemon():
         if end:
             break
     assert got == [n.encode() for n in names]
+
+
+def test_store_invariants_hold_under_random_requests():
+    """Random (mostly well-formed) requests from dom0 and a domain, in and out of
+    transactions, with tight quotas: the tree stays a tree and ownership counts stay exact."""
+    rng = random.Random(42)
+    paths = [b"/a", b"/a/b", b"/a/b/c", b"/x", b"/local/domain/5", b"/local/domain/5/d", b"d",
+             b"d/e", b"@introduceDomain", b"@releaseDomain", b"/", b"", b"/a/", b"//"]
+    extras = [b"v", b"x" * 400, b"n0", b"r5", b"b0\0r5", b"T", b"F", b"5", b"tok"]
+    types = list(Op) + [20, 99]
+    for _ in range(40):
+        store = Store(Quotas(nodes=20, watches=3, transactions=2, node_size=300, perms=3))
+        conns = [store.connect(0), store.connect(0)]
+        store.request(conns[0], Op.INTRODUCE, 1, 0, b"5\0" b"0\0" b"1\0")
+        conns += [store.connect(5), store.connect(5)]
+        for step in range(200):
+            conn = rng.choice([c for c in conns if not c.closed] or [conns[0]])
+            r = rng.random()
+            if r < 0.5:
+                payload = rng.choice(paths) + b"\0"
+            elif r < 0.75:
+                payload = rng.choice(paths) + b"\0" + rng.choice(extras) + b"\0"
+            else:
+                payload = bytes(rng.randrange(256) for _ in range(rng.randrange(10)))
+            store.request(conn, rng.choice(types), step, rng.choice([0, 0, 1, 2, 3]), payload)
+            assert conn.closed or conn.out, "every request gets an answer"
+            conn.out.clear()
+            if rng.random() < 0.02:
+                store.disconnect(conn)
+        owners = {}
+        for path, node in store.nodes.items():
+            if path != "/":
+                parent, _, base = path.rpartition("/")
+                assert store.nodes[parent or "/"].children.count(base) == 1, path
+            for child in node.children:
+                assert (path.rstrip("/") + "/" + child) in store.nodes
+            owners[node.perms[0][0]] = owners.get(node.perms[0][0], 0) + 1
+        assert {d: n for d, n in store.entries.items() if n} == owners
