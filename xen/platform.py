@@ -136,8 +136,10 @@ class Grant:
     """Pages shared with (Platform.share) or mapped from (Platform.map) another domain.
 
     refs: the grant references, in page order. address: where the pages are mapped here.
-    buffer: a writable memoryview of them, released by release() (do not keep slices of it
-    past release: the pages are unmapped then).
+    buffer: a writable memoryview of them. release() releases it before unmapping the pages,
+    and refuses (BufferError) while something still holds a buffer exported from it. Views
+    made from it (slices, memoryview(buffer), ctypes from_buffer) are not tracked by Python:
+    do not keep them past release(), they would point at unmapped memory.
     """
 
     def __init__(self, plat, ptr, addr, npages, refs):
@@ -159,7 +161,11 @@ class Grant:
         """Unmap (or stop sharing) the pages. Idempotent."""
         if self._ptr is None:
             return
-        self._view.release()
+        try:
+            self._view.release()
+        except BufferError:
+            raise BufferError("a buffer exported from this grant is still held: "
+                              "drop it before releasing the grant") from None
         if self._pid == os.getpid():
             lib.mw_gnt_release(self._ptr)
         self._ptr = None
@@ -173,7 +179,10 @@ class Grant:
         self.release()
 
     def __del__(self):
-        self.release()
+        try:
+            self.release()
+        except BufferError:
+            pass                    # still exported: leave the pages mapped, never dangling
 
     def __repr__(self):
         state = "released" if self._ptr is None else f"at {self.address:#x}"
@@ -224,6 +233,7 @@ class EventChannel:
         return bool(_check(lib.mw_evtchn_wait(self._live(), ms), "wait"))
 
     def unbind(self, port):
+        """Close local `port`."""
         _check(lib.mw_evtchn_unbind(self._live(), port), f"unbind port {port}")
 
     def close(self):

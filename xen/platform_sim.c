@@ -13,6 +13,8 @@
  *   ev.<dom>.<port>.st         symlink whose target is that port's state:
  *                              "unbound:<rdom>" (offered to domain rdom) or
  *                              "bound:<rdom>:<rport>" (connected to port rport of rdom)
+ *   gnt-new.<dom>.<ref>, ev.<dom>.<port>.new
+ *                              a share file, a state link, while they are being made
  *
  * The rules that make this safe across processes:
  * - A share file appears whole (created under a temporary name, sized, renamed) and is

@@ -6,6 +6,7 @@ after the fork, as a separate domain would. Peers report back through a Pipe.
 import errno
 import multiprocessing
 import os
+import pickle
 import select
 import selectors
 import signal
@@ -305,6 +306,18 @@ def test_closing_the_platform_releases_everything(sim):
         view[0]                     # the view handed out is released with the pages
     with pytest.raises(ValueError):
         ec.notify(1)
+
+
+def test_release_refuses_while_a_buffer_is_exported(sim):
+    g = sim(1).share(2, 1)
+    held = pickle.PickleBuffer(g.buffer)    # holds a Py_buffer exported by .buffer
+    with pytest.raises(BufferError):
+        g.release()
+    assert g.buffer[0] == 0             # still mapped: nothing dangles
+    del held
+    g.release()
+    with pytest.raises(ValueError):
+        g.buffer
 
 
 def _child_drops_inherited(conn, grant, ec):
