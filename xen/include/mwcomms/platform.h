@@ -69,7 +69,9 @@ int mw_plat_domid(const struct mw_plat *plat);
  * @param refs    receives npages grant references, in page order
  * @param addr    receives the local mapping, npages * MW_GNT_PAGE_SIZE bytes, page aligned
  * @param out     receives the grant, for mw_gnt_release
- * @return 0, -ENOMEM, -ENOSPC (out of grant entries), -EINVAL (npages 0 or above
+ * @return 0, -ENOMEM, -ENOSPC (out of grant entries: on xen, gntalloc hands out 1024 pages
+ *         in all unless /sys/module/xen_gntalloc/parameters/limit is raised, and Xen gives a
+ *         domain 64 grant frames, 32768 entries, by default), -EINVAL (npages 0 or above
  *         MW_GNT_MAX_PAGES, remote out of range)
  */
 int mw_gnt_share(struct mw_plat *plat, mw_domid_t remote, uint32_t npages, uint32_t *refs,
