@@ -105,6 +105,13 @@ def _fail(reason: str):
     raise ProtocolError(reason)
 
 
+def _slot(raw: bytes) -> bytes:
+    """Pad an encoded message to one command slot; a body too large for it is a caller bug."""
+    if len(raw) > SLOT_SIZE:
+        raise ValueError(f"message of {len(raw)} bytes does not fit a {SLOT_SIZE}-byte slot")
+    return raw.ljust(SLOT_SIZE, b"\0")
+
+
 @dataclass(frozen=True)
 class Limits:
     """What the checks know of one connection: values negotiated through XenStore."""
@@ -276,8 +283,7 @@ class _Req:
     def encode(self) -> bytes:
         """The 128-byte command slot of this request."""
         sock = getattr(self, "sock", 0)     # GETADDRINFO, GETNAMEINFO, PING carry none
-        return (_REQ_HDR.pack(self.id, self.cmd, 0, sock, 0)
-                + self._body()).ljust(SLOT_SIZE, b"\0")
+        return _slot(_REQ_HDR.pack(self.id, self.cmd, 0, sock, 0) + self._body())
 
 
 _SOCKET = struct.Struct("<HHi")
@@ -692,13 +698,14 @@ class Response:
         elif isinstance(body, SockAddr):
             raw = body.encode()
         elif isinstance(body, OptValue):
+            if len(body.value) > OPT_INLINE_MAX:
+                raise ValueError(f"an inline option value is at most {OPT_INLINE_MAX} bytes")
             raw = _RSP_SOCKOPT.pack(body.len, 0) + body.value
         elif isinstance(body, GaiResult):
             raw = _RSP_GAI.pack(body.status, body.sys_errno, body.len, 0)
         else:
             raw = struct.pack("<Q", body.arg)
-        return (_RSP_HDR.pack(self.id, self.cmd, 0, self.sock, self.ret, 0, 0)
-                + raw).ljust(SLOT_SIZE, b"\0")
+        return _slot(_RSP_HDR.pack(self.id, self.cmd, 0, self.sock, self.ret, 0, 0) + raw)
 
 
 def decode_response(b: bytes, limits: Limits = _DEFAULT_LIMITS) -> Response:

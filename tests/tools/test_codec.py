@@ -303,3 +303,11 @@ def test_c_codec_under_sanitizers(tmp_path):
     assert line.startswith("OK "), run.stdout
     counts = dict(kv.split("=") for kv in line.split()[1:])
     assert int(counts["valid"]) > 10000 and int(counts["rejected"]) > 10000
+
+
+def test_encode_refuses_what_does_not_fit_a_slot():
+    with pytest.raises(ValueError, match="does not fit"):
+        C.SetSockOpt(1, 2, 1, 2, bytes(89)).encode()
+    with pytest.raises(ValueError, match="at most 88"):
+        C.Response(1, C.CMD_GETSOCKOPT, 2, 0, C.OptValue(89, bytes(89))).encode()
+    assert len(C.SetSockOpt(1, 2, 1, 2, bytes(88)).encode()) == C.SLOT_SIZE
