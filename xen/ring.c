@@ -901,7 +901,7 @@ int mw_bring_dgram_skip(struct mw_bring *r)
 int mw_bring_dgram_get(struct mw_bring *r, struct mw_dgram_hdr *hdr, void *buf,
                        uint32_t buflen)
 {
-    struct iovec iov[2];
+    struct iovec iov[2] = { { NULL, 0 }, { NULL, 0 } };
     uint32_t want, first;
     int niov, ret;
 

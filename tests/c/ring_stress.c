@@ -14,6 +14,7 @@
  * Output, from the frontend:
  *   RING-RATE mode=<poll|doorbell> bell=<eventfd|evtchn|none> msgs=N msgs_per_s=X bytes=N
  *     gb_per_s=Y kicks=N sleeps=N lost_wakeups=N
+ *   RING-RTT mode=... bell=... spin_ns=N round_trips=N rtt_us=X   (with --pingpong=N)
  *   RING-HASH front=<hex> back=<hex> expected=<hex>      (role both)
  *   RING-STRESS OK | RING-STRESS FAIL <side>: <why>
  * Exit status 0 only when both sides checked out.
@@ -118,6 +119,10 @@ static void print_rate(const struct opts *o, const struct rs_result *fr, const c
            o->mode, bell, (unsigned long long)fr->msgs, mps, (unsigned long long)fr->bytes, gbps,
            (unsigned long long)fr->kicks, (unsigned long long)fr->sleeps,
            (unsigned long long)fr->sleep_timeouts);
+    if (o->cfg.pingpong)
+        printf("RING-RTT mode=%s bell=%s spin_ns=%u round_trips=%llu rtt_us=%.2f\n", o->mode,
+               bell, o->cfg.poll ? 0 : o->cfg.spin_ns, (unsigned long long)o->cfg.pingpong,
+               fr->rtt_secs / o->cfg.pingpong * 1e6);
 }
 
 static int report(const char *side, int ret, const struct rs_result *r)
@@ -445,7 +450,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: ring_stress [--role=both|front|back] [--mode=poll|doorbell] [--platform]\n"
-            "         [--xchg=FILE] [--domid=N] [--remote=N] [--msgs=N] [--bytes=N]\n"
+            "         [--xchg=FILE] [--domid=N] [--remote=N] [--pingpong=N] [--msgs=N] [--bytes=N]\n"
             "         [--order=N] [--cmd-pages=N] [--spin-ns=N] [--seed=N] [--timeout=S]\n");
 }
 
@@ -458,6 +463,7 @@ int main(int argc, char **argv)
         { "xchg", required_argument, NULL, 'x' },
         { "domid", required_argument, NULL, 'd' },
         { "remote", required_argument, NULL, 'R' },
+        { "pingpong", required_argument, NULL, 'p' },
         { "msgs", required_argument, NULL, 'n' },
         { "bytes", required_argument, NULL, 'b' },
         { "order", required_argument, NULL, 'o' },
@@ -493,6 +499,7 @@ int main(int argc, char **argv)
         case 'x': o.xchg = optarg; break;
         case 'd': o.domid = atoi(optarg); break;
         case 'R': o.remote = atoi(optarg); break;
+        case 'p': o.cfg.pingpong = strtoull(optarg, NULL, 0); break;
         case 'n': o.cfg.msgs = strtoull(optarg, NULL, 0); break;
         case 'b': o.cfg.bytes = strtoull(optarg, NULL, 0); break;
         case 'o': o.cfg.order = (uint8_t)atoi(optarg); break;

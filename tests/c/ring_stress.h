@@ -4,6 +4,8 @@
  * granted pages. The caller maps the area, gives the doorbell, and runs one side in each
  * process; both sides must be given the same geometry, counts and seed.
  *
+ * Phase 0, round trips (when pingpong > 0): the frontend sends one PING at a time and waits
+ * for its response, `pingpong` times: the latency of a wake-up, spinning or sleeping.
  * Phase 1, messages: the frontend sends `msgs` PING requests (arg = sequence number, the rest
  * of the body a pattern of it) as fast as the command ring takes them; the INS checks that
  * they arrive in order and intact, and answers them out of order (a random subset each round,
@@ -35,6 +37,7 @@ struct rs_cfg {
     void *area;                /* the mapped shared area, zeroed before either side starts */
     size_t area_size;
     struct mw_area_geom geom;
+    uint64_t pingpong;         /* round trips of one message at a time (phase 0) */
     uint64_t msgs;             /* request/response pairs */
     uint64_t bytes;            /* through the tx ring of socket 0 */
     uint8_t order;             /* that ring's size, at offset 0 of the data area */
@@ -48,6 +51,7 @@ struct rs_cfg {
 struct rs_result {
     uint64_t msgs;             /* messages completed (answered / received) */
     uint64_t bytes;            /* bytes sent / received and checked */
+    double rtt_secs;           /* wall time of phase 0 */
     double msg_secs;           /* wall time of phase 1 */
     double byte_secs;          /* wall time of phase 2 (the frontend: until all was consumed) */
     uint64_t hash;             /* FNV-1a-64 of the stream as sent / received */

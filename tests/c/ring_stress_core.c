@@ -22,6 +22,8 @@ struct rs {
     const struct rs_cfg *cfg;
     struct rs_result *res;
     struct mw_area area;
+    struct mw_cmd_front *f;    /* the command ring, frontend side (phases 0 and 1) */
+    struct mw_cmd_back *b;     /* the command ring, INS side */
     uint64_t rnd;
     double deadline;           /* fail when no progress until then */
 };
@@ -254,26 +256,23 @@ static void make_rsp(struct mw_rsp *r, const struct mw_req *q)
 
 static int front_messages(struct rs *s)
 {
-    static struct mw_cmd_front f;
+    struct mw_cmd_front *f = s->f;
     uint64_t msgs = s->cfg->msgs, sent = 0, done = 0, cookie;
     uint32_t nsocks = s->area.nsocks;
     uint8_t *answered;
     struct mw_req q, orig;
     struct mw_rsp r, want;
-    int ret, put, got;
+    int ret = 0, put, got;
 
-    ret = mw_cmd_front_init(&f, &s->area);
-    if (ret < 0)
-        return fail(s, ret, "mw_cmd_front_init: %d", ret);
     answered = calloc(msgs / 8 + 1, 1);
     if (!answered)
         return fail(s, -ENOMEM, "out of memory");
 
     while (done < msgs) {
         put = 0;
-        while (sent < msgs && (ret = mw_cmd_front_space(&f)) > 0) {
+        while (sent < msgs && (ret = mw_cmd_front_space(f)) > 0) {
             make_req(&q, sent, nsocks);
-            ret = mw_cmd_front_put_req(&f, &q, sent);
+            ret = mw_cmd_front_put_req(f, &q, sent);
             if (ret < 0)
                 goto out_ring;
             sent++;
@@ -282,14 +281,14 @@ static int front_messages(struct rs *s)
         if (ret < 0)
             goto out_ring;
         if (put) {
-            ret = mw_cmd_front_push(&f);
+            ret = mw_cmd_front_push(f);
             if (ret < 0)
                 goto out_ring;
             if (ret == 1 && (ret = kick(s)) < 0)
                 goto out_free;
         }
         got = 0;
-        while ((ret = mw_cmd_front_take_rsp(&f, &r, &cookie)) == 1) {
+        while ((ret = mw_cmd_front_take_rsp(f, &r, &cookie)) == 1) {
             make_req(&orig, cookie, nsocks);
             orig.id = r.id;
             make_rsp(&want, &orig);
@@ -311,7 +310,7 @@ static int front_messages(struct rs *s)
             goto out_ring;
         if (put || got)
             progressed(s);
-        else if ((ret = wait_for(s, WAIT_RSP, &f, 0)) < 0)
+        else if ((ret = wait_for(s, WAIT_RSP, f, 0)) < 0)
             goto out_free;
     }
     for (uint64_t i = 0; i < msgs; i++) {
@@ -334,21 +333,17 @@ out_free:
 
 static int back_messages(struct rs *s)
 {
-    static struct mw_cmd_back b;
+    struct mw_cmd_back *b = s->b;
     static struct mw_req pending[MW_CMD_SLOTS_MAX];
-    struct mw_req q, held;
+    struct mw_req q, held = { 0 };
     struct mw_rsp r;
     uint64_t msgs = s->cfg->msgs, next = 0, answered = 0, held_at = 0;
     uint32_t nsocks = s->area.nsocks, np = 0, k, j;
     int ret, got, have_held = 0, answered_now;
 
-    ret = mw_cmd_back_init(&b, &s->area);
-    if (ret < 0)
-        return fail(s, ret, "mw_cmd_back_init: %d", ret);
-
     while (answered < msgs) {
         got = 0;
-        while ((ret = mw_cmd_back_take_req(&b, &q)) == 1) {
+        while ((ret = mw_cmd_back_take_req(b, &q)) == 1) {
             if (!req_ok(&q, next, nsocks))
                 return fail(s, -EIO, "request %llu lost, duplicated, reordered or damaged "
                             "(got arg %llu)", (unsigned long long)next,
@@ -373,21 +368,21 @@ static int back_messages(struct rs *s)
             j = (uint32_t)(rnd(s) % np);
             make_rsp(&r, &pending[j]);
             pending[j] = pending[--np];
-            if ((ret = mw_cmd_back_put_rsp(&b, &r)) < 0)
+            if ((ret = mw_cmd_back_put_rsp(b, &r)) < 0)
                 return fail(s, ret, "put_rsp: %s", strerror(-ret));
             answered++;
             answered_now++;
         }
         if (have_held && (answered >= held_at + HOLD_FOR || (!got && np == 0))) {
             make_rsp(&r, &held);
-            if ((ret = mw_cmd_back_put_rsp(&b, &r)) < 0)
+            if ((ret = mw_cmd_back_put_rsp(b, &r)) < 0)
                 return fail(s, ret, "put_rsp: %s", strerror(-ret));
             have_held = 0;
             answered++;
             answered_now++;
         }
         if (answered_now) {
-            ret = mw_cmd_back_push(&b);
+            ret = mw_cmd_back_push(b);
             if (ret < 0)
                 return fail(s, ret, "push: %s", strerror(-ret));
             if (ret == 1 && (ret = kick(s)) < 0)
@@ -395,10 +390,66 @@ static int back_messages(struct rs *s)
         }
         if (got || answered_now)
             progressed(s);
-        else if ((ret = wait_for(s, WAIT_REQ, &b, 0)) < 0)
+        else if ((ret = wait_for(s, WAIT_REQ, b, 0)) < 0)
             return ret;
     }
     s->res->msgs = answered;
+    return 0;
+}
+
+/* Phase 0: one request in flight at a time, on the ring objects phase 1 goes on with. */
+static int front_pingpong(struct rs *s)
+{
+    struct mw_cmd_front *f = s->f;
+    struct mw_req q;
+    struct mw_rsp r;
+    uint64_t i, cookie;
+    int ret;
+
+    for (i = 0; i < s->cfg->pingpong; i++) {
+        make_req(&q, i, s->area.nsocks);
+        if ((ret = mw_cmd_front_put_req(f, &q, i)) < 0 || (ret = mw_cmd_front_push(f)) < 0)
+            return fail(s, ret, "ping %llu: %s", (unsigned long long)i, strerror(-ret));
+        if (ret == 1 && (ret = kick(s)) < 0)
+            return ret;
+        while ((ret = mw_cmd_front_take_rsp(f, &r, &cookie)) == 0) {
+            if ((ret = wait_for(s, WAIT_RSP, f, 0)) < 0)
+                return ret;
+        }
+        if (ret < 0)
+            return fail(s, ret, "pong %llu: %s", (unsigned long long)i, strerror(-ret));
+        if (cookie != i || r.u.ping.arg != i)
+            return fail(s, -EIO, "pong %llu answers %llu", (unsigned long long)i,
+                        (unsigned long long)r.u.ping.arg);
+        progressed(s);
+    }
+    return 0;
+}
+
+static int back_pingpong(struct rs *s)
+{
+    struct mw_cmd_back *b = s->b;
+    struct mw_req q;
+    struct mw_rsp r;
+    uint64_t i;
+    int ret;
+
+    for (i = 0; i < s->cfg->pingpong; i++) {
+        while ((ret = mw_cmd_back_take_req(b, &q)) == 0) {
+            if ((ret = wait_for(s, WAIT_REQ, b, 0)) < 0)
+                return ret;
+        }
+        if (ret < 0)
+            return fail(s, ret, "ping %llu: %s", (unsigned long long)i, strerror(-ret));
+        if (!req_ok(&q, i, s->area.nsocks))
+            return fail(s, -EIO, "ping %llu damaged", (unsigned long long)i);
+        make_rsp(&r, &q);
+        if ((ret = mw_cmd_back_put_rsp(b, &r)) < 0 || (ret = mw_cmd_back_push(b)) < 0)
+            return fail(s, ret, "pong %llu: %s", (unsigned long long)i, strerror(-ret));
+        if (ret == 1 && (ret = kick(s)) < 0)
+            return ret;
+        progressed(s);
+    }
     return 0;
 }
 
@@ -521,11 +572,31 @@ int rs_run(const struct rs_cfg *cfg, struct rs_result *res)
         (1ull << cfg->order) > s.area.data_size)
         return fail(&s, -EINVAL, "ring order %u does not fit the data area", cfg->order);
     s.rnd = splitmix(cfg->seed * 2 + cfg->side) | 1;
-    if (cfg->side == MW_SIDE_FRONT)
+    if (cfg->side == MW_SIDE_FRONT) {
+        static struct mw_cmd_front f;
+
         mw_sock_reset(&s.area, 0);
+        s.f = &f;
+        ret = mw_cmd_front_init(s.f, &s.area);
+    } else {
+        static struct mw_cmd_back b;
+
+        s.b = &b;
+        ret = mw_cmd_back_init(s.b, &s.area);
+    }
+    if (ret < 0)
+        return fail(&s, ret, "command ring init: %d", ret);
 
     progressed(&s);
     t0 = now_s();
+    if (cfg->pingpong) {
+        ret = cfg->side == MW_SIDE_FRONT ? front_pingpong(&s) : back_pingpong(&s);
+        t1 = now_s();
+        res->rtt_secs = t1 - t0;
+        if (ret < 0)
+            return ret;
+        t0 = now_s();
+    }
     ret = cfg->side == MW_SIDE_FRONT ? front_messages(&s) : back_messages(&s);
     t1 = now_s();
     res->msg_secs = t1 - t0;

@@ -122,6 +122,8 @@ def test_hostile_peer(build, honest):
 RATE = re.compile(r"^RING-RATE mode=(\w+) bell=(\w+) msgs=(\d+) msgs_per_s=(\d+) bytes=(\d+) "
                   r"gb_per_s=([\d.]+) kicks=(\d+) sleeps=(\d+) lost_wakeups=(\d+)$", re.M)
 HASH = re.compile(r"^RING-HASH front=(\w+) back=(\w+) expected=(\w+)$", re.M)
+RTT = re.compile(r"^RING-RTT mode=(\w+) bell=(\w+) spin_ns=(\d+) round_trips=(\d+) "
+                 r"rtt_us=([\d.]+)$", re.M)
 
 
 def stress(build, mode, msgs, nbytes, sanitize, extra=(), env=None, timeout=180):
@@ -137,7 +139,10 @@ def stress(build, mode, msgs, nbytes, sanitize, extra=(), env=None, timeout=180)
     if mode == "doorbell":
         assert int(rate.group(7)) > 0 and int(rate.group(9)) == 0, rate.group(0)
     print(rate.group(0))
-    return rate
+    rtt = RTT.search(r.stdout)
+    if rtt:
+        print(rtt.group(0))
+    return rate, rtt
 
 
 def sim(tmp_path):
@@ -147,7 +152,8 @@ def sim(tmp_path):
 @pytest.mark.parametrize("mode", ["poll", "doorbell"])
 def test_stress_sanitized(build, mode):
     """Small ring (4 KiB) and command ring (32 slots): wrapping and waiting all the time."""
-    stress(build, mode, 200_000, 64 << 20, True, ["--order=12", "--cmd-pages=1"])
+    stress(build, mode, 200_000, 64 << 20, True, ["--order=12", "--cmd-pages=1",
+                                                   "--pingpong=2000"])
 
 
 def test_stress_sanitized_evtchn(build, tmp_path):
@@ -176,14 +182,26 @@ def test_stress_two_processes_sanitized(build, tmp_path):
 @pytest.mark.parametrize("mode", ["poll", "doorbell"])
 def test_stress_rates(build, mode, record_property):
     """10 million messages and 1 GiB at -O2: the figures of the ring library."""
-    rate = stress(build, mode, 10_000_000, GiB, False)
+    rate, rtt = stress(build, mode, 10_000_000, GiB, False, ["--pingpong=20000"])
+    assert int(rtt.group(4)) == 20000 and float(rtt.group(5)) > 0
     record_property("msgs_per_s", rate.group(4))
     record_property("gb_per_s", rate.group(6))
+    record_property("rtt_us", rtt.group(5))
 
 
 def test_stress_rates_evtchn(build, tmp_path, record_property):
     """The same over the platform layer: sim grants for the area, sim event channels."""
-    rate = stress(build, "doorbell", 10_000_000, GiB, False, ["--platform"], env=sim(tmp_path))
+    rate, _ = stress(build, "doorbell", 10_000_000, GiB, False, ["--platform"],
+                     env=sim(tmp_path))
     assert rate.group(2) == "evtchn"
     record_property("msgs_per_s", rate.group(4))
     record_property("gb_per_s", rate.group(6))
+
+
+@pytest.mark.parametrize("spin_ns", [0, 50_000])
+def test_round_trip_sleeping_or_spinning(build, spin_ns):
+    """One message at a time: every wake-up goes through the doorbell (spin_ns=0) or is caught
+    by the spin; both must deliver every message, the RTT is printed for the record."""
+    _, rtt = stress(build, "doorbell", 1000, 1 << 20, False,
+                    ["--pingpong=20000", f"--spin-ns={spin_ns}"])
+    assert int(rtt.group(3)) == spin_ns and int(rtt.group(4)) == 20000
