@@ -836,3 +836,16 @@ def test_every_reason_of_the_c_codec_has_a_case():
     covered |= {"query longer than its buffer"}
     assert len(reasons) > 50
     assert reasons - covered == set()
+
+
+def test_every_reason_is_written_in_the_protocol_document():
+    """docs/protocol.md, "Receiver checks", quotes each reason the codecs report."""
+    import pathlib
+    import re
+    top = pathlib.Path(__file__).resolve().parents[2]
+    src, doc = top / "xen" / "codec.c", top / "docs" / "protocol.md"
+    if not (src.exists() and doc.exists()):
+        pytest.skip("the source tree is not here (tests run outside it)")
+    text = re.sub(r"\s+", " ", doc.read_text())
+    reasons = set(re.findall(r'FAIL\("([^"]+)"\)', src.read_text()))
+    assert [r for r in sorted(reasons) if f'"{r}"' not in text] == []
