@@ -406,6 +406,7 @@ int mw_evq_init(struct mw_evq *q, const struct mw_area *area, enum mw_side side,
     memset(q, 0, sizeof(*q));
     q->len = area->evq_len;
     q->nsocks = area->nsocks;
+    q->bq = area->bq;
     q->producer = produce != 0;
 
     if (side == MW_SIDE_FRONT && produce) {
@@ -442,6 +443,14 @@ int mw_evq_init(struct mw_evq *q, const struct mw_area *area, enum mw_side side,
     return 0;
 }
 
+/* DATA and SPACE travel both ways, STATE only from the INS (on bq). */
+static bool event_type_ok(const struct mw_evq *q, uint16_t type)
+{
+    if (type == MW_EV_STATE)
+        return q->ring == q->bq;
+    return type == MW_EV_DATA || type == MW_EV_SPACE;
+}
+
 /* Read and check the peer's index; returns prod - cons, or -EPROTO. */
 static int64_t evq_fill(struct mw_evq *q)
 {
@@ -476,7 +485,7 @@ int mw_evq_put(struct mw_evq *q, uint32_t sock, uint16_t type, uint64_t arg)
 
     if (q->broken)
         return -EPROTO;
-    if (!q->producer || type == 0 || type >= MW_EV_MAX_ || sock >= q->nsocks)
+    if (!q->producer || !event_type_ok(q, type) || sock >= q->nsocks)
         return -EINVAL;
     fill = evq_fill(q);
     if (fill < 0)
@@ -529,7 +538,7 @@ int mw_evq_take(struct mw_evq *q, struct mw_event *ev)
     if (fill <= 0)
         return (int)fill;
     copy_in(ev, &q->ring[q->pvt & (q->len - 1)], sizeof(*ev));
-    if (ev->type == 0 || ev->type >= MW_EV_MAX_ || ev->sock >= q->nsocks) {
+    if (!event_type_ok(q, ev->type) || ev->sock >= q->nsocks) {
         q->broken = 1;
         return -EPROTO;
     }

@@ -608,12 +608,12 @@ static int evq_roundtrip(enum mw_side side)
     CHECK_EQ(mw_evq_take(&c, &ev), 1);
     CHECK_EQ(ev.sock, 4);
     CHECK_EQ(mw_evq_take(&c, &ev), 0);
-    CHECK_EQ(mw_evq_put(&p, 5, MW_EV_STATE, 0), 1);
+    CHECK_EQ(mw_evq_put(&p, 5, MW_EV_SPACE, 0), 1);
     CHECK_EQ(mw_evq_push(&p), 0);               /* consumer has not slept since */
     CHECK_EQ(mw_evq_final_check(&c), 1);
     CHECK_EQ(mw_evq_take(&c, &ev), 1);
     CHECK_EQ(mw_evq_final_check(&c), 0);
-    CHECK_EQ(mw_evq_put(&p, 5, MW_EV_STATE, 0), 1);
+    CHECK_EQ(mw_evq_put(&p, 5, MW_EV_SPACE, 0), 1);
     CHECK_EQ(mw_evq_push(&p), 1);
     /* local misuse */
     CHECK_EQ(mw_evq_put(&p, 16, MW_EV_DATA, 0), -EINVAL);
@@ -719,6 +719,24 @@ static int evq_bad_event(int mutation)
         x.a.bq[0].type = 0;
     else
         x.a.bq[0].type = MW_EV_MAX_;
+    CHECK_EQ(mw_evq_take(&c, &ev), -EPROTO);
+    CHECK(evq_is_broken(&c));
+    fx_close(&x);
+    return 0;
+}
+
+/* STATE travels only from the INS: on fq it is a violation, and the frontend cannot post it */
+static int t_evq_state_on_fq(void)
+{
+    struct mw_evq p, c;
+    struct mw_event ev;
+    struct fx x;
+
+    CHECK_EQ(evq_pair(&x, &p, &c, MW_SIDE_FRONT), 0);
+    CHECK_EQ(mw_evq_put(&p, 1, MW_EV_STATE, 0), -EINVAL);
+    CHECK_EQ(mw_evq_put(&p, 1, MW_EV_DATA, 0), 1);
+    mw_evq_push(&p);
+    x.a.fq[0].type = MW_EV_STATE;
     CHECK_EQ(mw_evq_take(&c, &ev), -EPROTO);
     CHECK(evq_is_broken(&c));
     fx_close(&x);
@@ -1349,6 +1367,7 @@ static const struct {
     T(evq_cons_prod_past_queue),
     T(evq_cons_prod_backwards),
     T(evq_event_sock_out_of_range),
+    T(evq_state_on_fq),
     T(evq_event_type_zero),
     T(evq_event_type_too_big),
     T(evq_event_flags_ignored),

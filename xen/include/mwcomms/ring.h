@@ -240,8 +240,9 @@ int mw_cmd_back_final_check(struct mw_cmd_back *b);
  * Each side produces one queue (the frontend fq, the INS bq) and consumes the other. A
  * producer that finds its queue full drops the event and bumps the overflow counter; the
  * consumer reports the change once as MW_EVQ_RESCAN, and then rescans the shared entry of
- * every socket it has. Events are hints: their sock and type are checked (a value out of range
- * is a protocol error), their flags and arg are not interpreted.
+ * every socket it has. Events are hints: their sock and type are checked (a socket out of
+ * range, an unknown type, or MW_EV_STATE on fq is a protocol error), their flags and arg are
+ * not interpreted.
  *
  *   producer: mw_evq_put() ... mw_evq_push() -> kick if 1
  *   consumer: mw_evq_take() until 0; mw_evq_final_check() before sleeping
@@ -251,6 +252,7 @@ int mw_cmd_back_final_check(struct mw_cmd_back *b);
 
 struct mw_evq {
     struct mw_event *ring;     /* the queue's records */
+    const struct mw_event *bq; /* the INS -> frontend queue: the only one carrying STATE */
     uint32_t len;              /* records, a power of two */
     uint32_t nsocks;           /* events naming a socket >= this are protocol errors */
     uint32_t *my_idx;          /* shared: producer -> its prod, consumer -> its cons */
@@ -278,8 +280,8 @@ int mw_evq_init(struct mw_evq *q, const struct mw_area *area, enum mw_side side,
 /**
  * Queue an event (not visible before mw_evq_push()).
  * @return 1 (queued), 0 (queue full: dropped, overflow bumped; the consumer will rescan),
- *         -EINVAL (not the producing end, or type out of range), -EPROTO (consumer index
- *         impossible)
+ *         -EINVAL (not the producing end, sock or type out of range, STATE from the frontend),
+ *         -EPROTO (consumer index impossible)
  */
 int mw_evq_put(struct mw_evq *q, uint32_t sock, uint16_t type, uint64_t arg);
 
