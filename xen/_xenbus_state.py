@@ -31,6 +31,9 @@ Rules (the frontend F is mwcommsd, the backend B is the INS; "absent" reads as U
      Initialising, or F is Connected and B is InitWait (a new B that did not close the old one),
      F tears down and switches to Closed; rule 2 then sets up again once B is back in InitWait.
 
+A device that the toolstack removed (its directory is gone) is not a state: the driver tears
+down and writes nothing until the directory is back.
+
 Setup failures (rule 2 or 3 failing) make that side write an `error` key and behave as in
 rules 5 / 7; the driver waits before retrying so that a persistent failure does not spin.
 """
@@ -105,7 +108,6 @@ _FRONT_CONNECT = [
     (_FRESH, {S.INITWAIT}, Step(Act.SETUP, S.INITIALISED)),                                  # 2
     ({S.INITIALISED}, {S.CONNECTED}, Step(Act.NOTHING, S.CONNECTED)),                        # 4
     ({S.CLOSING}, _GONE | {S.INITWAIT, S.INITIALISING}, Step(Act.NOTHING, S.CLOSED)),        # 5
-    ({S.UNKNOWN}, set(S), Step(Act.NOTHING, S.INITIALISING)),
 ]
 
 _FRONT_LEAVE = [

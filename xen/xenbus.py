@@ -29,7 +29,7 @@ from ._xenbus_state import Act, XenbusState, backend_step, frontend_step, stale_
 
 __all__ = [
     "XenbusState", "front_path", "back_path", "attach", "detach", "connect_xenstore",
-    "write_txn", "read_dir", "FrontendDriver", "BackendDriver", "HandshakeError",
+    "write_txn", "read_dir", "read_opt", "FrontendDriver", "BackendDriver", "HandshakeError",
 ]
 
 log = logging.getLogger("mwcomms.xenbus")
@@ -74,17 +74,27 @@ def _oserror(exc: pyxs.PyXSError, what: str) -> OSError:
 
 
 def write_txn(client: pyxs.Client, items: Mapping[str, str], remove: tuple[str, ...] = (),
-              perms: Mapping[str, list[str]] | None = None) -> None:
+              perms: Mapping[str, list[str]] | None = None, require: str | None = None) -> bool:
     """Write `items` (path -> value), remove `remove` and set `perms` in one transaction,
-    retried while XenStore answers EAGAIN (another writer committed first)."""
+    retried while XenStore answers EAGAIN (another writer committed first).
+
+    @param require  write only if this node exists (checked inside the transaction)
+    @return False when `require` was missing and nothing was written, else True
+    """
     for _ in range(TXN_RETRIES):
         client.transaction()
         try:
+            if require is not None and not client.exists(_b(require)):
+                client.rollback()
+                return False
             for path in remove:
                 if client.exists(_b(path)):
                     client.delete(_b(path))
             for path, value in items.items():
-                client.write(_b(path), _b(str(value)))
+                if value == "":
+                    client.mkdir(_b(path))   # pyxs writes no empty values: a directory
+                else:
+                    client.write(_b(path), _b(str(value)))
             for path, plist in (perms or {}).items():
                 client.set_perms(_b(path), [_b(p) for p in plist])
         except pyxs.PyXSError as exc:
@@ -94,8 +104,18 @@ def write_txn(client: pyxs.Client, items: Mapping[str, str], remove: tuple[str, 
             client.rollback()
             raise
         if client.commit():
-            return
+            return True
     raise HandshakeError(errno.EAGAIN, f"transaction kept conflicting after {TXN_RETRIES} tries")
+
+
+def read_opt(client: pyxs.Client, path: str) -> bytes | None:
+    """Read a node that may be absent (pyxs raises ENOENT for a missing node)."""
+    try:
+        return client.read(_b(path))
+    except pyxs.PyXSError as exc:
+        if exc.args and exc.args[0] == errno.ENOENT:
+            return None
+        raise
 
 
 def read_dir(client: pyxs.Client, path: str) -> dict[str, str]:
@@ -108,7 +128,7 @@ def read_dir(client: pyxs.Client, path: str) -> dict[str, str]:
             return out
         raise _oserror(exc, f"list {path}") from None
     for name in names:
-        value = client.read(_b(f"{path}/{name.decode()}"), None)
+        value = read_opt(client, f"{path}/{name.decode()}")
         if value is not None:
             out[name.decode()] = value.decode("ascii", "replace")
     return out
@@ -158,28 +178,37 @@ class _Driver:
 
     # -- XenStore access -----------------------------------------------------------------
     def _read_peer_path(self) -> str:
-        raw = self.client.read(_b(f"{self.path}/{self.peer_key}"), None)
+        raw = read_opt(self.client, f"{self.path}/{self.peer_key}")
         if raw is None:
             raise HandshakeError(errno.ENOENT, f"{self.path}/{self.peer_key} missing: not attached")
         return raw.decode("ascii", "replace")
 
     def my_state(self) -> XenbusState:
-        return XenbusState.parse(self.client.read(_b(f"{self.path}/state"), None))
+        return XenbusState.parse(read_opt(self.client, f"{self.path}/state"))
 
     def peer_state(self) -> XenbusState:
         try:
-            return XenbusState.parse(self.client.read(_b(f"{self.peer_path}/state"), None))
+            return XenbusState.parse(read_opt(self.client, f"{self.peer_path}/state"))
         except pyxs.PyXSError:
             return XenbusState.UNKNOWN   # unreadable reads as a peer that is not there
 
     def peer_keys(self) -> dict[str, str]:
         return read_dir(self.client, self.peer_path)
 
-    def write_state(self, state: XenbusState, extra: Mapping[str, str] | None = None) -> None:
+    def write_state(self, state: XenbusState, extra: Mapping[str, str] | None = None) -> bool:
+        """Publish `state` (and `extra` keys) in one transaction, unless the toolstack has
+        removed the device meanwhile. @return whether it was written."""
         items = {f"{self.path}/{k}": v for k, v in (extra or {}).items()}
         items[f"{self.path}/state"] = str(int(state))
-        write_txn(self.client, items)
+        # A successful action clears the error of an earlier failed attempt.
+        remove = (f"{self.path}/error",) if extra is not None else ()
+        if not write_txn(self.client, items, remove=remove, require=self.path):
+            return False
         log.info("%s %s: state %s", self.role, self.path, state.name)
+        return True
+
+    def device_exists(self) -> bool:
+        return bool(self.client.exists(_b(self.path)))
 
     # -- watching ------------------------------------------------------------------------
     def _start_watch(self) -> None:
@@ -212,12 +241,23 @@ class _Driver:
     def table(self, me: XenbusState, peer: XenbusState):
         raise NotImplementedError
 
+    def owns_resources(self) -> bool:
+        """True while the component holds what SETUP / CONNECT gave it."""
+        raise NotImplementedError
+
     def act(self, act: Act) -> dict[str, str] | None:
         raise NotImplementedError
 
     def step_once(self) -> bool:
         """Evaluate the table once and carry out its answer. @return True when something
         was done (the caller evaluates again at once), False when waiting for the peer."""
+        if not self.device_exists():
+            # Detached by the toolstack: let go of everything and write nothing (a write
+            # would create the node again).
+            if self.owns_resources():
+                self.act(Act.TEARDOWN)
+                return True
+            return False
         me, peer = self.my_state(), self.peer_state()
         step = self.table(me, peer)
         if step.act is Act.NOTHING and step.state is None:
@@ -227,7 +267,7 @@ class _Driver:
         extra = None
         if step.act is not Act.NOTHING:
             try:
-                extra = self.act(step.act)
+                extra = self.act(step.act) or {}   # success clears an earlier error
             except Exception as exc:  # the component failed: say so in XenStore, back off
                 self._fail(step.act, exc)
                 return False
@@ -265,8 +305,8 @@ class _Driver:
     def _leave(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if not self.step_once():
-                if self.my_state() in (XenbusState.CLOSED, XenbusState.UNKNOWN,
-                                       XenbusState.INITIALISING):
+                if not self.device_exists() or self.my_state() in (
+                        XenbusState.CLOSED, XenbusState.UNKNOWN, XenbusState.INITIALISING):
                     return
                 self._wait_event(0.2)
         # The peer never answered: close anyway, the peer's own rules catch up later.
@@ -300,6 +340,9 @@ class FrontendDriver(_Driver):
     def table(self, me, peer):
         return frontend_step(me, peer, want=self.want)
 
+    def owns_resources(self):
+        return self._is_set_up
+
     def act(self, act):
         if act is Act.SETUP:
             if self._is_set_up:
@@ -307,7 +350,6 @@ class FrontendDriver(_Driver):
                 self._is_set_up = False
             keys = dict(self._setup(self.peer_keys()))
             self._is_set_up = True
-            keys.setdefault("error", "")
             return keys
         if act is Act.TEARDOWN:
             if self._is_set_up:
@@ -317,9 +359,10 @@ class FrontendDriver(_Driver):
         raise ValueError(act)
 
     def write_state(self, state, extra=None):
-        super().write_state(state, extra)
-        if state is XenbusState.CONNECTED:
+        written = super().write_state(state, extra)
+        if written and state is XenbusState.CONNECTED:
             self._connected()
+        return written
 
 
 class BackendDriver(_Driver):
@@ -339,11 +382,12 @@ class BackendDriver(_Driver):
     def table(self, me, peer):
         return backend_step(me, peer, want=self.want)
 
+    def owns_resources(self):
+        return self._is_connected
+
     def act(self, act):
         if act is Act.ADVERTISE:
-            keys = dict(self._advertise())
-            keys.setdefault("error", "")
-            return keys
+            return dict(self._advertise())
         if act is Act.CONNECT:
             self._connect(self.peer_keys())
             self._is_connected = True
@@ -395,13 +439,19 @@ def selftest(socket_path: str | None, front: int = 0, ins: int = 0, devid: int =
         failures += not ok
 
     S = XenbusState
-    tool = connect_xenstore(socket_path)
+    clients: list[pyxs.Client] = []
+
+    def client() -> pyxs.Client:
+        clients.append(connect_xenstore(socket_path))
+        return clients[-1]
+
+    tool = client()
     try:
         for order in ("front-first", "back-first"):
             detach(tool, front, ins, devid)
             fp, bp = attach(tool, front, ins, devid)
             rec = _Recorder()
-            fc, bc = connect_xenstore(socket_path), connect_xenstore(socket_path)
+            fc, bc = client(), client()
             fd = FrontendDriver(fc, fp, **rec.front_ops(), retry_delay=0.1)
             bd = BackendDriver(bc, bp, **rec.back_ops(), retry_delay=0.1)
             first, second = (fd, bd) if order == "front-first" else (bd, fd)
@@ -420,7 +470,7 @@ def selftest(socket_path: str | None, front: int = 0, ins: int = 0, devid: int =
             check(bd.my_state() == S.CLOSED, f"backend-leave-{order}", bd.my_state().name)
             ok = fd.wait_for(S.CLOSED, timeout)
             check(ok, f"frontend-follows-backend-down-{order}", fd.my_state().name)
-            bd2 = BackendDriver(connect_xenstore(socket_path), bp, **rec.back_ops(), retry_delay=0.1)
+            bd2 = BackendDriver(client(), bp, **rec.back_ops(), retry_delay=0.1)
             tb2, sb2 = _start(bd2)
             ok = fd.wait_for(S.CONNECTED, timeout) and bd2.wait_for(S.CONNECTED, timeout)
             check(ok, f"reconnect-after-backend-restart-{order}",
@@ -434,7 +484,7 @@ def selftest(socket_path: str | None, front: int = 0, ins: int = 0, devid: int =
             check(fd.my_state() == S.CLOSED, f"frontend-leave-{order}", fd.my_state().name)
             ok = bd2.wait_for(S.INITWAIT, timeout)
             check(ok, f"backend-follows-frontend-down-{order}", bd2.my_state().name)
-            fd2 = FrontendDriver(connect_xenstore(socket_path), fp, **rec.front_ops(), retry_delay=0.1)
+            fd2 = FrontendDriver(client(), fp, **rec.front_ops(), retry_delay=0.1)
             tf2, sf2 = _start(fd2)
             ok = fd2.wait_for(S.CONNECTED, timeout) and bd2.wait_for(S.CONNECTED, timeout)
             check(ok, f"reconnect-after-frontend-restart-{order}",
@@ -444,7 +494,8 @@ def selftest(socket_path: str | None, front: int = 0, ins: int = 0, devid: int =
             check(rec.calls.count("connect") == 3, f"component-calls-{order}", str(rec.calls))
         detach(tool, front, ins, devid)
     finally:
-        tool.close()
+        for c in clients:
+            c.close()
     print(f"XENBUS RESULT: {'PASS' if not failures else 'FAIL'} ({failures} failures)", flush=True)
     return failures
 
