@@ -45,8 +45,10 @@ class AreaLayout:
     sock_slots: int = 1024
     data_pages: int = 4096
 
-    def check(self, max_area_pages: int | None = None) -> "AreaLayout":
-        """Raise LayoutError unless every size is within the limits of protocol v1."""
+    def check(self, max_area_pages: int | None = None,
+              max_sock_slots: int | None = None) -> "AreaLayout":
+        """Raise LayoutError unless every size is within the limits of protocol v1 and the
+        limits the INS advertised."""
         if not (_pow2(self.cmd_ring_pages) and self.cmd_ring_pages <= CMD_RING_PAGES_MAX):
             raise LayoutError(f"cmd-ring-pages {self.cmd_ring_pages}: a power of two <= {CMD_RING_PAGES_MAX}")
         if not (_pow2(self.evq_pages) and self.evq_pages <= EVQ_PAGES_MAX):
@@ -55,6 +57,8 @@ class AreaLayout:
             raise LayoutError(f"sock-slots {self.sock_slots}: a power of two in 32..{SOCK_SLOTS_MAX}")
         if not (1 <= self.data_pages <= DATA_PAGES_MAX):
             raise LayoutError(f"data-pages {self.data_pages}: 1..{DATA_PAGES_MAX}")
+        if max_sock_slots is not None and self.sock_slots > max_sock_slots:
+            raise LayoutError(f"sock-slots {self.sock_slots} exceeds the limit of {max_sock_slots}")
         if max_area_pages is not None and self.area_pages > max_area_pages:
             raise LayoutError(f"area of {self.area_pages} pages exceeds the limit of {max_area_pages}")
         return self
@@ -106,7 +110,8 @@ class AreaLayout:
                 "area-pages": str(self.area_pages)}
 
     @classmethod
-    def from_keys(cls, keys: dict[str, str], max_area_pages: int | None = None) -> "AreaLayout":
+    def from_keys(cls, keys: dict[str, str], max_area_pages: int | None = None,
+                  max_sock_slots: int | None = None) -> "AreaLayout":
         """Parse and check the frontend's layout keys (hostile input)."""
         def num(name: str) -> int:
             raw = keys.get(name)
@@ -115,7 +120,7 @@ class AreaLayout:
             return int(raw)
 
         layout = cls(num("cmd-ring-pages"), num("evq-pages"), num("sock-slots"), num("data-pages"))
-        layout.check(max_area_pages)
+        layout.check(max_area_pages, max_sock_slots)
         if num("area-pages") != layout.area_pages:
             raise LayoutError(f"area-pages {keys['area-pages']} != {layout.area_pages} from the layout")
         return layout
@@ -155,13 +160,14 @@ def share_area(plat, remote: int, layout: AreaLayout):
     return area, directory, keys
 
 
-def map_area(plat, remote: int, keys: dict[str, str], max_area_pages: int):
+def map_area(plat, remote: int, keys: dict[str, str], max_area_pages: int,
+             max_sock_slots: int = SOCK_SLOTS_MAX):
     """INS: check the frontend's keys and map its area.
 
     @return (layout, area mapping)
     @raise LayoutError on keys that break the protocol; OSError when mapping fails
     """
-    layout = AreaLayout.from_keys(keys, max_area_pages)
+    layout = AreaLayout.from_keys(keys, max_area_pages, max_sock_slots)
     raw = keys.get("ref-pages", "")
     if not raw.isdigit() or int(raw) != layout.ref_pages:
         raise LayoutError(f"ref-pages {raw!r} != {layout.ref_pages}")

@@ -65,3 +65,10 @@ def test_directory_round_trip(refs):
     assert parse_directory(raw, len(refs)) == refs
     with pytest.raises(LayoutError):
         parse_directory(raw[: 4 * len(refs) - 1], len(refs))
+
+
+def test_more_sockets_than_the_ins_allows_is_refused():
+    layout = AreaLayout(sock_slots=2048)
+    with pytest.raises(LayoutError, match="sock-slots"):
+        AreaLayout.from_keys(layout.to_keys(), max_sock_slots=1024)
+    assert AreaLayout.from_keys(layout.to_keys(), max_sock_slots=2048) == layout
