@@ -17,11 +17,13 @@
  *
  * Lifetime: release every grant and close every event channel handle of a platform before
  * closing the platform. A platform, its grants and its handles may be used from several
- * threads; mw_evtchn_notify is safe to call concurrently with the other evtchn calls.
+ * threads; mw_evtchn_notify is safe to call concurrently with the other evtchn calls. They
+ * belong to the process that opened them: a child of fork() opens its own.
  *
  * The sim directory holds the whole simulated machine (see xen/platform_sim.c): put it on a
- * tmpfs (e.g. under /dev/shm) and give each simulation its own. Files of a process that died
- * without closing stay there; its ports are reclaimed when their numbers are needed again.
+ * tmpfs (e.g. under /dev/shm) and give each simulation its own. A process that dies without
+ * closing leaves files there: its ports are reclaimed when their numbers are needed again,
+ * its shares at the next share by anyone.
  */
 #ifndef MWCOMMS_PLATFORM_H
 #define MWCOMMS_PLATFORM_H
@@ -52,8 +54,8 @@ struct mw_evtchn;          /* an event channel handle: any number of ports, one 
  * @param cfg  may be NULL (all defaults)
  * @param out  receives the handle
  * @return 0, -ENODEV (the chosen backend is not available here), -EINVAL (unknown backend;
- *         sim: no directory or domain id given, or a domain id out of range), -ENOTDIR, -EACCES
- *         (sim directory unusable), -ENOMEM
+ *         sim: no directory or domain id given, or a domain id out of range), -ENOENT,
+ *         -ENOTDIR, -EACCES (sim: the directory cannot be made or used), -ENOMEM
  */
 int mw_plat_open(const struct mw_plat_config *cfg, struct mw_plat **out);
 /** Close the platform (its grants and handles must be gone already). Accepts NULL. */
