@@ -12,6 +12,7 @@ change it after the INS has checked it.
 """
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass
 
@@ -28,8 +29,11 @@ DATA_PAGES_MAX = 1 << 18
 REF_PAGES_MAX = 258           # enough for the largest area: (1 + 16 + 128 + 2048 + 2^18) / 1024
 
 
-class LayoutError(ValueError):
+class LayoutError(OSError):
     """Layout keys that break a rule of docs/protocol.md: the connection must not proceed."""
+
+    def __init__(self, msg: str):
+        super().__init__(errno.EPROTO, msg)
 
 
 def _pow2(n: int) -> bool:
@@ -152,7 +156,8 @@ def share_area(plat, remote: int, layout: AreaLayout):
         area.release()
         raise
     # Written before the keys are published: the XenStore write that publishes them orders it.
-    directory.write(0, directory_bytes(list(area.refs)))
+    raw = directory_bytes(list(area.refs))
+    directory.buffer[:len(raw)] = raw
     keys = layout.to_keys()
     keys["ref-pages"] = str(layout.ref_pages)
     for i, ref in enumerate(directory.refs):
@@ -179,7 +184,8 @@ def map_area(plat, remote: int, keys: dict[str, str], max_area_pages: int,
         dir_refs.append(int(ref))
     directory = plat.map(remote, dir_refs)
     try:
-        refs = parse_directory(directory.read(0, 4 * layout.area_pages), layout.area_pages)
+        # One copy out of the shared pages, then parse the copy.
+        refs = parse_directory(bytes(directory.buffer[:4 * layout.area_pages]), layout.area_pages)
     finally:
         directory.release()
     return layout, plat.map(remote, refs)

@@ -1,0 +1,126 @@
+"""A whole connection on the sim backend: the handshake shares the area and binds the event
+channel, and afterwards both sides see the same pages and can kick each other."""
+import select
+import threading
+
+import pytest
+
+from mwcomms.xen import area, connection, xenbus, xenstored
+from mwcomms.xen.platform import Platform
+from mwcomms.xen.xenbus import BackendDriver, FrontendDriver, XenbusState as S
+
+FRONT, INS = 1, 2
+
+
+@pytest.fixture
+def world(tmp_path):
+    with xenstored.running() as daemon:
+        clients = []
+
+        def client(path):
+            clients.append(xenbus.connect_xenstore(path))
+            return clients[-1]
+
+        tool = client(daemon.socket_path)
+        for dom in (FRONT, INS):
+            tool.introduce_domain(dom, 1000 + dom, 10 + dom)
+            xenbus.write_txn(tool, {f"/local/domain/{dom}": ""},
+                             perms={f"/local/domain/{dom}": [f"n{dom}"]})
+        fp, bp = xenbus.attach(tool, FRONT, INS)
+        simdir = str(tmp_path / "sim")
+        fplat = Platform("sim", sim_dir=simdir, domid=FRONT)
+        bplat = Platform("sim", sim_dir=simdir, domid=INS)
+        yield daemon, client, tool, fp, bp, fplat, bplat
+        for c in clients:
+            c.close()
+        fplat.close()
+        bplat.close()
+
+
+def start(driver):
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    return stop, t
+
+
+def test_handshake_shares_area_and_event_channel(world):
+    daemon, client, tool, fp, bp, fplat, bplat = world
+    layout = area.AreaLayout(cmd_ring_pages=2, evq_pages=1, sock_slots=64, data_pages=300)
+    front = connection.FrontLink(fplat, INS, layout)
+    back = connection.BackLink(bplat, FRONT, connection.Limits(max_area_pages=4096))
+    fd = FrontendDriver(client(daemon.domain_socket(FRONT)), fp, setup=front.setup,
+                        teardown=front.teardown, retry_delay=0.05)
+    bd = BackendDriver(client(daemon.domain_socket(INS)), bp, advertise=back.advertise,
+                       connect=back.connect, teardown=back.teardown, retry_delay=0.05)
+    (sf, tf), (sb, tb) = start(fd), start(bd)
+    try:
+        assert fd.wait_for(S.CONNECTED, 10) and bd.wait_for(S.CONNECTED, 10)
+        assert back.layout == layout and back.version == front.version == 1
+        assert back.features == front.features == ("ipv6", "udp", "dns")
+        # The same pages on both sides: the first and the last page of the area.
+        n = layout.area_pages * area.PAGE
+        front.area.buffer[0:5] = b"hello"
+        front.area.buffer[n - 5:n] = b"world"
+        assert bytes(back.area.buffer[0:5]) == b"hello"
+        assert bytes(back.area.buffer[n - 5:n]) == b"world"
+        back.area.buffer[100:103] = b"ack"
+        assert bytes(front.area.buffer[100:103]) == b"ack"
+        # Kicks both ways through the bound event channel.
+        front.evtchn.notify(front.port)
+        assert select.select([back.evtchn.fileno()], [], [], 5)[0]
+        assert back.evtchn.pending() == back.port
+        back.evtchn.notify(back.port)
+        assert select.select([front.evtchn.fileno()], [], [], 5)[0]
+        assert front.evtchn.pending() == front.port
+    finally:
+        sf.set(); tf.join(10)
+        sb.set(); tb.join(10)
+    assert front.area is None and back.area is None   # both torn down on the way out
+
+
+def test_ins_refuses_an_area_larger_than_its_limit(world):
+    daemon, client, tool, fp, bp, fplat, bplat = world
+    front = connection.FrontLink(fplat, INS, area.AreaLayout(data_pages=5000))
+    back = connection.BackLink(bplat, FRONT, connection.Limits(max_area_pages=1000))
+    fd = FrontendDriver(client(daemon.domain_socket(FRONT)), fp, setup=front.setup,
+                        teardown=front.teardown, retry_delay=0.05)
+    bd = BackendDriver(client(daemon.domain_socket(INS)), bp, advertise=back.advertise,
+                       connect=back.connect, teardown=back.teardown, retry_delay=0.05)
+    (sf, tf), (sb, tb) = start(fd), start(bd)
+    try:
+        # The frontend itself checks the INS's limits before sharing anything.
+        deadline = __import__("time").monotonic() + 10
+        while xenbus.read_opt(tool, f"{fp}/error") is None and \
+                __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.02)
+        assert b"exceeds the limit" in xenbus.read_opt(tool, f"{fp}/error")
+        assert front.area is None and back.area is None
+        assert fd.my_state() != S.CONNECTED
+    finally:
+        sf.set(); tf.join(10)
+        sb.set(); tb.join(10)
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("version", "2", "not offered"),
+    ("features", "ipv6 raw", "not offered"),
+    ("features", "IPV6", "bad token"),
+    ("event-channel", "0", "port 0"),
+    ("event-channel", "x", "not a number"),
+    ("data-pages", "100000", "exceeds"),
+    ("ref-pages", "7", "ref-pages"),
+    ("ref-0", "-1", "grant reference"),
+])
+def test_ins_refuses_hostile_frontend_keys(world, key, value, why):
+    daemon, client, tool, fp, bp, fplat, bplat = world
+    front = connection.FrontLink(fplat, INS, area.AreaLayout(data_pages=100))
+    keys = front.setup(connection.BackLink(bplat, FRONT).advertise())
+    try:
+        keys[key] = value
+        back = connection.BackLink(bplat, FRONT, connection.Limits(max_area_pages=4096))
+        with pytest.raises(OSError, match=why):
+            back.connect(keys)
+        assert back.area is None and back.evtchn is None
+    finally:
+        front.teardown()
