@@ -617,6 +617,13 @@ int mw_bring_init(struct mw_bring *r, const struct mw_area *area, uint32_t sock,
         r->my_event = &e->front.rx_prod_event;
         r->peer_event = &e->back.rx_cons_event;
     }
+    if (dir == MW_BRING_RX && side == MW_SIDE_BACK) {
+        r->flags_w = &e->back.rx_flags;
+        r->error_w = &e->back.error;
+    } else if (dir == MW_BRING_RX) {
+        r->flags_r = &e->back.rx_flags;
+        r->error_r = &e->back.error;
+    }
     return 0;
 }
 
@@ -633,10 +640,10 @@ static int64_t bring_fill(struct mw_bring *r)
         if (fill > last)
             goto out_broken;
     } else {
-        /* prod moves forward, never more than size ahead of our cons */
+        /* prod moves forward, never more than size ahead of our cons; once final, not at all */
         fill = idx - r->pvt;
         last = r->peer - r->pvt;
-        if (fill > r->size || fill < last)
+        if (fill > r->size || fill < last || (r->sealed && idx != r->peer))
             goto out_broken;
     }
     r->peer = idx;
@@ -689,6 +696,8 @@ int mw_bring_space(struct mw_bring *r)
         return -EPROTO;
     if (!r->producer)
         return -EINVAL;
+    if (r->flags)
+        return -EPIPE;
     fill = bring_fill(r);
     if (fill < 0)
         return (int)fill;
@@ -830,6 +839,72 @@ int mw_bring_prepare_wait(struct mw_bring *r, uint32_t need)
     if (r->producer)
         return r->size - (uint32_t)fill >= need;
     return (uint32_t)fill >= need;
+}
+
+int mw_bring_seal(struct mw_bring *r)
+{
+    int avail = mw_bring_avail(r);
+
+    if (avail >= 0)
+        r->sealed = 1;
+    return avail;
+}
+
+int mw_bring_end_rx(struct mw_bring *r, int32_t error)
+{
+    int ret;
+
+    if (r->broken)
+        return -EPROTO;
+    if (!r->flags_w || error > 0 || error < -MW_ERRNO_MAX)
+        return -EINVAL;
+    if (r->flags)
+        return -EALREADY;
+    /* the last bytes /then/ the final rx_prod (publish_index's release store) */
+    ret = publish_index(r->my_idx, &r->pub, r->pvt, r->peer_event);
+    if (ret < 0)
+        return ret;
+    r->error = error;
+    r->flags = error ? MW_RXF_ERROR : MW_RXF_EOF;
+    /* the final rx_prod /then/ the error /then/ the flag that makes both valid */
+    __atomic_store_n(r->error_w, error, __ATOMIC_RELEASE);
+    __atomic_store_n(r->flags_w, r->flags, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int mw_bring_rx_state(struct mw_bring *r, int32_t *error)
+{
+    uint32_t flags;
+    int32_t err = 0;
+    int64_t fill;
+
+    if (r->broken)
+        return -EPROTO;
+    if (!r->flags_r)
+        return -EINVAL;
+    /* rx_flags /before/ error and rx_prod: a flag seen means they are final */
+    flags = __atomic_load_n(r->flags_r, __ATOMIC_ACQUIRE);
+    if ((flags & ~MW_RXF_ALL_) != 0 || (flags & r->flags) != r->flags)
+        goto out_broken;
+    if (flags & MW_RXF_ERROR) {
+        err = __atomic_load_n(r->error_r, __ATOMIC_ACQUIRE);
+        if (err >= 0 || err < -MW_ERRNO_MAX || (r->error && err != r->error))
+            goto out_broken;
+    }
+    fill = bring_fill(r);
+    if (fill < 0)
+        return (int)fill;
+    r->flags = flags;
+    r->error = err;
+    if (flags)
+        r->sealed = 1;
+    if (error)
+        *error = err;
+    return (int)flags;
+
+out_broken:
+    r->broken = 1;
+    return -EPROTO;
 }
 
 struct mw_watch mw_bring_watch(const struct mw_bring *r)

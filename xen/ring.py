@@ -237,6 +237,20 @@ class ByteRing:
         length = int.from_bytes(hdr[:4], "little")
         return hdr, bytes(ffi.buffer(buf, min(length, room)))
 
+    def seal(self):
+        """INS on tx after SHUTDOWN(SHUT_WR): the producer index is final; bytes left to drain."""
+        return _check(lib.mw_bring_seal(self._c), "seal")
+
+    def rx_state(self):
+        """Frontend on rx: (MW_RXF_* flags, error); with a flag set, what is readable is all."""
+        err = ffi.new("int32_t *")
+        flags = _check(lib.mw_bring_rx_state(self._c, err), "rx state")
+        return flags, err[0]
+
+    def end_rx(self, error=0):
+        """INS on rx: end of file (error 0) or failure (a negative errno) after the last byte."""
+        _check(lib.mw_bring_end_rx(self._c, error), "end rx")
+
     # both
     def prepare_wait(self, need=1):
         """Before sleeping: True when `need` bytes are already there (do not sleep)."""

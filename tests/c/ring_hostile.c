@@ -2,8 +2,8 @@
  * Hostile peer test of the ring library: one process runs one side honestly (every ring of
  * that side, with the library), the other runs the other side and, in most rounds, corrupts
  * the shared pages at random between its own steps: indices and event indices of both sides,
- * ids, commands and sockets in command slots, event records, socket entries, datagram headers
- * and ring bytes.
+ * ids, commands and sockets in command slots, event records, socket entries (rx_flags and
+ * error too), datagram headers and ring bytes.
  *
  * The honest side must never crash, hang or touch memory it does not own:
  *  - its mapping of the area has PROT_NONE guard pages after every byte ring and after the
@@ -328,6 +328,18 @@ static int step_stream(struct agent *g)
             g->moved += (uint32_t)ret;
         if (!g->broken[O_SIN] && SEEN(g, O_SIN, mw_bring_release(in), "release") < 0)
             goto out_fail;
+        if (!g->broken[O_SIN] && g->side == MW_SIDE_FRONT) {
+            int32_t err = 0;
+
+            ret = mw_bring_rx_state(in, &err);
+            if (SEEN(g, O_SIN, ret, "rx_state") < 0)
+                goto out_fail;
+            if (ret > 0 && ((ret & ~(int)MW_RXF_ALL_) ||
+                            ((ret & MW_RXF_ERROR) && (err >= 0 || err < -MW_ERRNO_MAX)))) {
+                ret = failf(g, "rx_state handed out flags %d error %d", ret, err);
+                goto out_free;
+            }
+        }
         if (!g->broken[O_SIN] && rndn(g, 4) == 0 &&
             SEEN(g, O_SIN, mw_bring_prepare_wait(in, 1 + rndn(g, RING)), "prepare_wait") < 0)
             goto out_fail;

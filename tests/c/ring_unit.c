@@ -1146,6 +1146,164 @@ static int t_bring_event_garbage_harmless(void)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * End of the incoming stream, and sealed producer indices
+ */
+static int t_bring_rx_eof(void)
+{
+    struct mw_bring p, c;
+    uint8_t buf[200] = { 0 };
+    int32_t err = 7;
+    struct fx x;
+
+    CHECK_EQ(fx_open(&x, 1, 1, 1, 1), 0);
+    CHECK_EQ(open_pair(&x, 0, MW_BRING_RX, 12, &p, &c), 0);
+    CHECK_EQ(mw_bring_write(&p, buf, 100), 100);
+    CHECK_EQ(mw_bring_rx_state(&c, &err), 0);
+    CHECK_EQ(mw_bring_avail(&c), 0);          /* not published yet */
+    CHECK_EQ(mw_bring_end_rx(&p, 0), 0);      /* publishes the 100 bytes, then the flag */
+    CHECK_EQ(x.a.socks[0].back.rx_prod, 100);
+    CHECK_EQ(x.a.socks[0].back.rx_flags, MW_RXF_EOF);
+    CHECK_EQ(mw_bring_rx_state(&c, &err), MW_RXF_EOF);
+    CHECK_EQ(err, 0);
+    CHECK_EQ(mw_bring_read(&c, buf, 200), 100);
+    CHECK_EQ(mw_bring_avail(&c), 0);
+    CHECK_EQ(mw_bring_rx_state(&c, &err), MW_RXF_EOF);
+    CHECK_EQ(mw_bring_write(&p, buf, 1), -EPIPE);
+    CHECK_EQ(mw_bring_end_rx(&p, 0), -EALREADY);
+    fx_close(&x);
+    return 0;
+}
+
+static int t_bring_rx_error(void)
+{
+    struct mw_bring p, c, ftx, btx;
+    int32_t err = 0;
+    struct fx x;
+
+    CHECK_EQ(fx_open(&x, 1, 1, 1, 2), 0);
+    CHECK_EQ(open_pair(&x, 0, MW_BRING_RX, 12, &p, &c), 0);
+    CHECK_EQ(mw_bring_init(&ftx, &x.a, 0, MW_SIDE_FRONT, MW_BRING_TX, 0, 12), 0);
+    CHECK_EQ(mw_bring_init(&btx, &x.a, 0, MW_SIDE_BACK, MW_BRING_TX, 0, 12), 0);
+    CHECK_EQ(mw_bring_end_rx(&p, 1), -EINVAL);
+    CHECK_EQ(mw_bring_end_rx(&p, -MW_ERRNO_MAX - 1), -EINVAL);
+    CHECK_EQ(mw_bring_end_rx(&ftx, 0), -EINVAL);     /* only the INS's rx end */
+    CHECK_EQ(mw_bring_end_rx(&c, 0), -EINVAL);
+    CHECK_EQ(mw_bring_rx_state(&btx, &err), -EINVAL); /* only the frontend's rx end */
+    CHECK_EQ(mw_bring_rx_state(&p, &err), -EINVAL);
+    CHECK_EQ(mw_bring_end_rx(&p, -ECONNRESET), 0);
+    CHECK_EQ(mw_bring_rx_state(&c, &err), MW_RXF_ERROR);
+    CHECK_EQ(err, -ECONNRESET);
+    fx_close(&x);
+    return 0;
+}
+
+/* Poke rx_flags / error as a hostile INS would; expect rx_state to say `expect`. */
+static int rx_state_after(uint32_t flags, int32_t error, int expect)
+{
+    struct mw_bring p, c;
+    int32_t err;
+    struct fx x;
+
+    CHECK_EQ(fx_open(&x, 1, 1, 1, 1), 0);
+    CHECK_EQ(open_pair(&x, 0, MW_BRING_RX, 12, &p, &c), 0);
+    x.a.socks[0].back.error = error;
+    x.a.socks[0].back.rx_flags = flags;
+    CHECK_EQ(mw_bring_rx_state(&c, &err), expect);
+    if (expect == -EPROTO)
+        CHECK(bring_is_broken(&c));
+    fx_close(&x);
+    return 0;
+}
+
+static int t_bring_rx_flags_unknown(void) { return rx_state_after(4, 0, -EPROTO); }
+static int t_bring_rx_error_zero(void) { return rx_state_after(MW_RXF_ERROR, 0, -EPROTO); }
+static int t_bring_rx_error_positive(void) { return rx_state_after(MW_RXF_ERROR, 5, -EPROTO); }
+static int t_bring_rx_error_too_low(void)
+{
+    return rx_state_after(MW_RXF_ERROR, -MW_ERRNO_MAX - 1, -EPROTO);
+}
+static int t_bring_rx_error_lowest_ok(void)
+{
+    return rx_state_after(MW_RXF_ERROR, -MW_ERRNO_MAX, MW_RXF_ERROR);
+}
+/* the error field means nothing without MW_RXF_ERROR */
+static int t_bring_rx_eof_ignores_error(void) { return rx_state_after(MW_RXF_EOF, 5, MW_RXF_EOF); }
+
+static int t_bring_rx_flag_cleared(void)
+{
+    struct mw_bring p, c;
+    struct fx x;
+
+    CHECK_EQ(fx_open(&x, 1, 1, 1, 1), 0);
+    CHECK_EQ(open_pair(&x, 0, MW_BRING_RX, 12, &p, &c), 0);
+    CHECK_EQ(mw_bring_end_rx(&p, 0), 0);
+    CHECK_EQ(mw_bring_rx_state(&c, NULL), MW_RXF_EOF);
+    x.a.socks[0].back.rx_flags = MW_RXF_EOF | MW_RXF_ERROR;   /* adding a bit is fine... */
+    x.a.socks[0].back.error = -EPIPE;
+    CHECK_EQ(mw_bring_rx_state(&c, NULL), MW_RXF_EOF | MW_RXF_ERROR);
+    x.a.socks[0].back.rx_flags = MW_RXF_ERROR;                /* ...clearing one is not */
+    CHECK_EQ(mw_bring_rx_state(&c, NULL), -EPROTO);
+    CHECK(bring_is_broken(&c));
+    fx_close(&x);
+    return 0;
+}
+
+static int t_bring_rx_error_changed(void)
+{
+    struct mw_bring p, c;
+    struct fx x;
+
+    CHECK_EQ(fx_open(&x, 1, 1, 1, 1), 0);
+    CHECK_EQ(open_pair(&x, 0, MW_BRING_RX, 12, &p, &c), 0);
+    CHECK_EQ(mw_bring_end_rx(&p, -ETIMEDOUT), 0);
+    CHECK_EQ(mw_bring_rx_state(&c, NULL), MW_RXF_ERROR);
+    x.a.socks[0].back.error = -ECONNRESET;
+    CHECK_EQ(mw_bring_rx_state(&c, NULL), -EPROTO);
+    fx_close(&x);
+    return 0;
+}
+
+static int t_bring_rx_prod_moves_after_flag(void)
+{
+    struct mw_bring p, c;
+    uint8_t buf[10] = { 0 };
+    struct fx x;
+
+    CHECK_EQ(fx_open(&x, 1, 1, 1, 1), 0);
+    CHECK_EQ(open_pair(&x, 0, MW_BRING_RX, 12, &p, &c), 0);
+    CHECK_EQ(mw_bring_write(&p, buf, 10), 10);
+    CHECK_EQ(mw_bring_end_rx(&p, 0), 0);
+    CHECK_EQ(mw_bring_rx_state(&c, NULL), MW_RXF_EOF);
+    x.a.socks[0].back.rx_prod = 20;
+    CHECK_EQ(mw_bring_avail(&c), -EPROTO);
+    CHECK(bring_is_broken(&c));
+    fx_close(&x);
+    return 0;
+}
+
+static int t_bring_seal(void)
+{
+    struct mw_bring p, c;
+    uint8_t buf[100] = { 0 };
+    struct fx x;
+
+    CHECK_EQ(fx_open(&x, 1, 1, 1, 1), 0);
+    CHECK_EQ(open_pair(&x, 0, MW_BRING_TX, 12, &p, &c), 0);
+    CHECK_EQ(mw_bring_write(&p, buf, 50), 50);
+    mw_bring_publish(&p);
+    CHECK_EQ(mw_bring_seal(&c), 50);             /* SHUTDOWN(SHUT_WR) came: 50 to drain */
+    CHECK_EQ(mw_bring_read(&c, buf, 100), 50);
+    CHECK_EQ(mw_bring_avail(&c), 0);
+    CHECK_EQ(mw_bring_seal(&p), -EINVAL);
+    CHECK_EQ(mw_bring_write(&p, buf, 1), 1);     /* a frontend that goes on writing */
+    mw_bring_publish(&p);
+    CHECK_EQ(mw_bring_avail(&c), -EPROTO);
+    CHECK(bring_is_broken(&c));
+    fx_close(&x);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
  * Datagram records
  */
 static int t_dgram_roundtrip(void)
@@ -1385,6 +1543,18 @@ static const struct {
     T(bring_prod_cons_past_prod),
     T(bring_prod_cons_backwards),
     T(bring_event_garbage_harmless),
+    T(bring_rx_eof),
+    T(bring_rx_error),
+    T(bring_rx_flags_unknown),
+    T(bring_rx_error_zero),
+    T(bring_rx_error_positive),
+    T(bring_rx_error_too_low),
+    T(bring_rx_error_lowest_ok),
+    T(bring_rx_eof_ignores_error),
+    T(bring_rx_flag_cleared),
+    T(bring_rx_error_changed),
+    T(bring_rx_prod_moves_after_flag),
+    T(bring_seal),
     T(dgram_roundtrip),
     T(dgram_put_limits),
     T(dgram_len_over_max),

@@ -316,3 +316,24 @@ def test_back_checks_req_prod(ntaken, nanswered, value):
         assert back.final_check() == (req_prod != ntaken)
     else:
         eproto(back.take)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, SIZE), st.integers(-4095, 0), st.integers(0, SIZE))
+def test_end_of_stream_after_the_last_byte(nbytes, error, read_first):
+    """The frontend sees the flag only together with every byte before it, and nothing after."""
+    _, area = fresh()
+    p = ring.ByteRing(area, 1, ring.BACK, ring.RX, 0, ORDER)
+    c = ring.ByteRing(area, 1, ring.FRONT, ring.RX, 0, ORDER)
+    assert p.write(stream(0, nbytes)) == nbytes
+    got = c.read(read_first)
+    assert got == b""                              # nothing published before end_rx
+    assert c.rx_state() == (0, 0)
+    p.end_rx(error)
+    flags, err = c.rx_state()
+    assert flags == (2 if error else 1) and err == error
+    assert c.read(SIZE) == stream(0, nbytes)
+    assert c.read(SIZE) == b""
+    with pytest.raises(OSError) as e:
+        p.write(b"late")
+    assert e.value.errno == errno.EPIPE

@@ -322,7 +322,13 @@ int mw_evq_final_check(struct mw_evq *q);
  * Both:     mw_bring_prepare_wait() before sleeping.
  *
  * Every read of the peer's index is checked: 0 <= prod - cons <= size, and the peer's index
- * never moves backwards; a violation is -EPROTO and breaks the ring.
+ * never moves backwards; a violation is -EPROTO and breaks the ring. Once a producer index is
+ * final (the INS sealed tx after SHUTDOWN(SHUT_WR), or the frontend saw an rx flag) it may not
+ * move at all.
+ *
+ * End of the incoming stream (protocol.md 10): the INS ends rx with mw_bring_end_rx() (EOF or an
+ * error, published after the last byte); the frontend asks mw_bring_rx_state() when rx is
+ * empty, which reads rx_flags /before/ rx_prod, so the bytes it then finds are all there is.
  */
 
 enum mw_bring_dir {
@@ -341,6 +347,13 @@ struct mw_bring {
     uint32_t pub;              /* my index as last published (old value for notify) */
     uint32_t peer;             /* the peer's index as last read and checked */
     uint32_t rec;              /* consumer: bytes of the datagram record peeked, 0 if none */
+    uint32_t *flags_w;         /* INS rx producer: rx_flags and error of the entry */
+    int32_t *error_w;
+    const uint32_t *flags_r;   /* frontend rx consumer: the same, read only */
+    const int32_t *error_r;
+    uint32_t flags;            /* MW_RXF_* as set (INS) or as last seen and checked (frontend) */
+    int32_t error;             /* the error that went with MW_RXF_ERROR */
+    int sealed;                /* the peer's index is final: it must stay at `peer` */
     int producer;              /* 1: this end produces */
     int broken;
 };
@@ -365,7 +378,8 @@ int mw_bring_space(struct mw_bring *r);
 
 /**
  * Copy up to len bytes into the ring (not visible before mw_bring_publish()).
- * @return bytes copied (less than len when the ring is full), -EINVAL (wrong end), -EPROTO
+ * @return bytes copied (less than len when the ring is full), -EINVAL (wrong end), -EPIPE (rx
+ *         ended by mw_bring_end_rx()), -EPROTO
  */
 int mw_bring_write(struct mw_bring *r, const void *buf, uint32_t len);
 
@@ -421,6 +435,35 @@ int mw_bring_release(struct mw_bring *r);
  * @return 1 (the condition already holds: don't sleep), 0 (sleep until kicked), -EINVAL, -EPROTO
  */
 int mw_bring_prepare_wait(struct mw_bring *r, uint32_t need);
+
+/**
+ * Consumer: take the peer's producer index as final (the INS on tx, once SHUTDOWN(SHUT_WR) has
+ * arrived): from now on a producer index that moves is a protocol error.
+ * @return bytes still readable up to the final index, -EINVAL (a producing end), -EPROTO
+ */
+int mw_bring_seal(struct mw_bring *r);
+
+/**
+ * INS, rx ring of a stream socket: end the incoming stream after the bytes written so far.
+ * Publishes rx_prod, then error, then the flag (each /after/ the one before), as protocol.md 10
+ * orders. The caller then posts MW_EV_STATE (always) and kicks. Later writes fail with -EPIPE.
+ * @param error  0: end of file (MW_RXF_EOF); -1 .. -MW_ERRNO_MAX: the connection failed
+ *               (MW_RXF_ERROR)
+ * @return 0, -EINVAL (not the INS's rx end, error out of range), -EALREADY (ended before),
+ *         -EPROTO
+ */
+int mw_bring_end_rx(struct mw_bring *r, int32_t error);
+
+/**
+ * Frontend, rx ring: read rx_flags once, then rx_prod once; when a flag is set, the bytes
+ * readable now are the last ones (mw_bring_avail() and the reads that follow see the same
+ * final index, or -EPROTO if the INS moves it).
+ * @param error  receives the connection's error when MW_RXF_ERROR is returned, else 0
+ * @return the MW_RXF_* flags (0: more bytes may come), -EINVAL (not the frontend's rx end),
+ *         -EPROTO (an unknown flag bit, a flag cleared after it was set, an error outside
+ *         -1 .. -MW_ERRNO_MAX with MW_RXF_ERROR, or rx_prod moving after a flag)
+ */
+int mw_bring_rx_state(struct mw_bring *r, int32_t *error);
 
 /**
  * Datagram sockets: append one record (header, payload, zero padding to MW_DGRAM_ALIGN).
