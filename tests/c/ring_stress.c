@@ -13,7 +13,7 @@
  *
  * Output, from the frontend:
  *   RING-RATE mode=<poll|doorbell> bell=<eventfd|evtchn|none> msgs=N msgs_per_s=X bytes=N
- *     gb_per_s=Y kicks=N sleeps=N lost_wakeups=N
+ *     gb_per_s=Y kicks=N sleeps=N lost_wakeups=N events_posted=N events_taken=N rescans=N
  *   RING-RTT mode=... bell=... spin_ns=N round_trips=N rtt_us=X   (with --pingpong=N)
  *   RING-HASH front=<hex> back=<hex> expected=<hex>      (role both)
  *   RING-STRESS OK | RING-STRESS FAIL <side>: <why>
@@ -115,10 +115,12 @@ static void print_rate(const struct opts *o, const struct rs_result *fr, const c
     double gbps = fr->byte_secs > 0 ? fr->bytes / fr->byte_secs / 1e9 : 0;
 
     printf("RING-RATE mode=%s bell=%s msgs=%llu msgs_per_s=%.0f bytes=%llu gb_per_s=%.3f "
-           "kicks=%llu sleeps=%llu lost_wakeups=%llu\n",
+           "kicks=%llu sleeps=%llu lost_wakeups=%llu events_posted=%llu events_taken=%llu "
+           "rescans=%llu\n",
            o->mode, bell, (unsigned long long)fr->msgs, mps, (unsigned long long)fr->bytes, gbps,
            (unsigned long long)fr->kicks, (unsigned long long)fr->sleeps,
-           (unsigned long long)fr->sleep_timeouts);
+           (unsigned long long)fr->sleep_timeouts, (unsigned long long)fr->events_posted,
+           (unsigned long long)fr->events_taken, (unsigned long long)fr->rescans);
     if (o->cfg.pingpong)
         printf("RING-RTT mode=%s bell=%s spin_ns=%u round_trips=%llu rtt_us=%.2f\n", o->mode,
                bell, o->cfg.poll ? 0 : o->cfg.spin_ns, (unsigned long long)o->cfg.pingpong,

@@ -14,7 +14,9 @@
  * Phase 2, bytes: the frontend writes `bytes` bytes of a pseudo-random stream (a function of
  * the seed and the position, so the INS can generate it too) into the tx byte ring of socket 0
  * in random-sized pieces; the INS reads them in other random-sized pieces and compares. Each
- * side computes FNV-1a-64 over the stream's 64-bit words as it sent / received them.
+ * side computes FNV-1a-64 over the stream's 64-bit words as it sent / received them. In doorbell
+ * mode the byte ring's wake-ups go through the event queues, as protocol.md 10 has it: DATA
+ * events on fq, SPACE events on bq.
  */
 #ifndef RING_STRESS_H
 #define RING_STRESS_H
@@ -58,6 +60,9 @@ struct rs_result {
     uint64_t kicks;            /* doorbell kicks sent */
     uint64_t sleeps;           /* times the side slept on its doorbell */
     uint64_t sleep_timeouts;   /* sleeps that ended without a kick: lost wake-ups */
+    uint64_t events_posted;    /* phase 2: DATA / SPACE events put on our queue */
+    uint64_t events_taken;     /* phase 2: events taken from the peer's queue */
+    uint64_t rescans;          /* phase 2: overflows reported by the peer's queue */
     char error[160];           /* what went wrong, when rs_run() fails */
 };
 

@@ -24,6 +24,8 @@ struct rs {
     struct mw_area area;
     struct mw_cmd_front *f;    /* the command ring, frontend side (phases 0 and 1) */
     struct mw_cmd_back *b;     /* the command ring, INS side */
+    struct mw_evq evout;       /* our event queue: DATA (frontend) / SPACE (INS) of phase 2 */
+    struct mw_evq evin;        /* the peer's */
     uint64_t rnd;
     double deadline;           /* fail when no progress until then */
 };
@@ -164,6 +166,42 @@ static int kick(struct rs *s)
     return ret < 0 ? fail(s, ret, "kick: %s", strerror(-ret)) : 0;
 }
 
+/*
+ * Phase 2 notifies as protocol.md 10 says: a byte ring end whose publish/release says the
+ * peer waits posts an event (DATA or SPACE about socket 0) and kicks only if the peer's event
+ * queue asked for it.
+ */
+static int post(struct rs *s, uint16_t type)
+{
+    int ret = mw_evq_put(&s->evout, 0, type, 0);
+
+    if (ret < 0)
+        return fail(s, ret, "evq_put: %s", strerror(-ret));
+    s->res->events_posted++;
+    ret = mw_evq_push(&s->evout);
+    if (ret < 0)
+        return fail(s, ret, "evq_push: %s", strerror(-ret));
+    return ret == 1 ? kick(s) : 0;
+}
+
+/* Take every event the peer posted: all must be `type` about socket 0. */
+static int drain(struct rs *s, uint16_t type)
+{
+    struct mw_event ev;
+    int ret;
+
+    while ((ret = mw_evq_take(&s->evin, &ev)) > 0) {
+        if (ret == MW_EVQ_RESCAN) {
+            s->res->rescans++;
+            continue;
+        }
+        if (ev.sock != 0 || ev.type != type)
+            return fail(s, -EIO, "unexpected event: sock %u type %u", ev.sock, ev.type);
+        s->res->events_taken++;
+    }
+    return ret < 0 ? fail(s, ret, "evq_take: %s", strerror(-ret)) : 0;
+}
+
 static void progressed(struct rs *s)
 {
     s->deadline = now_s() + s->cfg->timeout_s;
@@ -191,7 +229,13 @@ static int wait_for(struct rs *s, enum wait_on on, void *obj, uint32_t need)
     switch (on) {
     case WAIT_RSP: ret = mw_cmd_front_final_check(obj); break;
     case WAIT_REQ: ret = mw_cmd_back_final_check(obj); break;
-    default: ret = mw_bring_prepare_wait(obj, need); break;
+    default:
+        /* the byte ring's event index, then the event queue's: the peer posts an event when
+         * it moves the index past ours, and kicks when it pushes that event past the other */
+        ret = mw_bring_prepare_wait(obj, need);
+        if (ret == 0)
+            ret = mw_evq_final_check(&s->evin);
+        break;
     }
     if (ret < 0)
         return fail(s, ret, "final check: %s", strerror(-ret));
@@ -489,11 +533,13 @@ static int front_bytes(struct rs *s)
             ret = mw_bring_publish(&tx);
             if (ret < 0)
                 return fail(s, ret, "publish: %s", strerror(-ret));
-            if (ret == 1 && (ret = kick(s)) < 0)
+            if (ret == 1 && (ret = post(s, MW_EV_DATA)) < 0)
                 return ret;
             progressed(s);
             continue;
         }
+        if ((ret = drain(s, MW_EV_SPACE)) < 0)
+            return ret;
         need = len - off < tx.size / 2 ? len - off : tx.size / 2;
         if ((ret = wait_for(s, WAIT_RING, &tx, need)) < 0)
             return ret;
@@ -502,7 +548,8 @@ static int front_bytes(struct rs *s)
     while ((ret = mw_bring_space(&tx)) != (int)tx.size) {
         if (ret < 0)
             return fail(s, ret, "byte ring (front): %s", strerror(-ret));
-        if ((ret = wait_for(s, WAIT_RING, &tx, tx.size)) < 0)
+        if ((ret = drain(s, MW_EV_SPACE)) < 0 ||
+            (ret = wait_for(s, WAIT_RING, &tx, tx.size)) < 0)
             return ret;
     }
     s->res->bytes = sent;
@@ -530,7 +577,7 @@ static int back_bytes(struct rs *s)
             return fail(s, ret, "byte ring (back): %s after %llu bytes", strerror(-ret),
                         (unsigned long long)got);
         if (ret == 0) {
-            if ((ret = wait_for(s, WAIT_RING, &tx, 1)) < 0)
+            if ((ret = drain(s, MW_EV_DATA)) < 0 || (ret = wait_for(s, WAIT_RING, &tx, 1)) < 0)
                 return ret;
             continue;
         }
@@ -545,7 +592,7 @@ static int back_bytes(struct rs *s)
         ret = mw_bring_release(&tx);
         if (ret < 0)
             return fail(s, ret, "release: %s", strerror(-ret));
-        if (ret == 1 && (ret = kick(s)) < 0)
+        if (ret == 1 && (ret = post(s, MW_EV_SPACE)) < 0)
             return ret;
         progressed(s);
     }
@@ -586,6 +633,9 @@ int rs_run(const struct rs_cfg *cfg, struct rs_result *res)
     }
     if (ret < 0)
         return fail(&s, ret, "command ring init: %d", ret);
+    if ((ret = mw_evq_init(&s.evout, &s.area, cfg->side, 1)) < 0 ||
+        (ret = mw_evq_init(&s.evin, &s.area, cfg->side, 0)) < 0)
+        return fail(&s, ret, "event queue init: %d", ret);
 
     progressed(&s);
     t0 = now_s();
