@@ -452,8 +452,9 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: ring_stress [--role=both|front|back] [--mode=poll|doorbell] [--platform]\n"
-            "         [--xchg=FILE] [--domid=N] [--remote=N] [--pingpong=N] [--msgs=N] [--bytes=N]\n"
-            "         [--order=N] [--cmd-pages=N] [--spin-ns=N] [--seed=N] [--timeout=S]\n");
+            "         [--xchg=FILE] [--domid=N] [--remote=N] [--pingpong=N] [--msgs=N]\n"
+            "         [--bytes=N] [--order=N] [--cmd-pages=N] [--spin-ns=N] [--seed=N]\n"
+            "         [--timeout=S]\n");
 }
 
 int main(int argc, char **argv)

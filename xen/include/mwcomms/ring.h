@@ -26,11 +26,13 @@
  * pads, addresses, event flags, datagram header fields) is checked by the codec (codec.h:
  * mw_req_check, mw_rsp_check, mw_event_check, mw_dgram_check) on the copy the ring returns.
  *
- * Notification. Every "publish" call returns 1 when the peer asked to be kicked (its event
- * index lies between the old and the new value of ours), 0 when it did not; the caller then
- * kicks the event channel (mw_evtchn_notify). Before sleeping, a consumer calls the matching
- * "final check" / "prepare wait" function, which writes the event index it waits for and then
- * looks again, so that a producer that published in between is never missed.
+ * Notification. Every "publish" call returns 1 when the peer asked to be told (its event
+ * index lies in (old, new] of ours, as in io/ring.h), 0 when it did not. For the command ring
+ * and the event queues the caller then kicks the event channel (mw_evtchn_notify); for a byte
+ * ring it posts an MW_EV_DATA / MW_EV_SPACE event on its event queue, whose push says whether
+ * to kick (protocol.md 10). Before sleeping, a side calls the matching "final check" /
+ * "prepare wait" function, which writes the event index it waits for and then looks again, so
+ * that a publish in between is never missed.
  *
  * Errors: functions return a non-negative value on success and a negative errno on failure; they
  * never set errno. -EPROTO always means "the peer broke the protocol" (or did before).
@@ -386,7 +388,7 @@ int mw_bring_write(struct mw_bring *r, const void *buf, uint32_t len);
 /**
  * Zero copy: readv() from fd straight into the free space (at most max bytes).
  * @return bytes read (> 0), 0 (end of file on fd), -ENOBUFS (ring full), -EPROTO, -EINVAL,
- *         or the negative errno of readv (-EAGAIN, ...)
+ *         -EPIPE (rx ended), or the negative errno of readv (-EAGAIN, ...)
  */
 int mw_bring_read_fd(struct mw_bring *r, int fd, uint32_t max);
 
@@ -471,7 +473,7 @@ int mw_bring_rx_state(struct mw_bring *r, int32_t *error);
  * @param hdr      its len is the payload length; flags and addr are copied as given
  * @param payload  hdr->len bytes
  * @return bytes of the record, -EAGAIN (not enough space now), -EMSGSIZE (len > MW_DGRAM_MAX or
- *         a record larger than the ring), -EINVAL, -EPROTO
+ *         a record larger than the ring), -EINVAL, -EPIPE (rx ended), -EPROTO
  */
 int mw_bring_dgram_put(struct mw_bring *r, const struct mw_dgram_hdr *hdr, const void *payload);
 
@@ -505,11 +507,15 @@ int mw_bring_dgram_get(struct mw_bring *r, struct mw_dgram_hdr *hdr, void *buf,
  * index move ~0.2 us. So a side with nothing to do first spins for a short budget on the shared
  * indices it waits for, and only then sleeps:
  *
- *     struct mw_watch w[2] = { mw_cmd_front_watch(&f), mw_bring_watch(&rx) };
- *     if (mw_spin_wait(w, 2, spin_ns) == 0 &&      // nothing moved while spinning
- *         mw_cmd_front_final_check(&f) == 0 &&    // event indices set, still nothing
- *         mw_bring_prepare_wait(&rx, 1) == 0)
+ *     struct mw_watch w[3] = { mw_cmd_front_watch(&f), mw_evq_watch(&bq), mw_bring_watch(&rx) };
+ *     if (mw_spin_wait(w, 3, spin_ns) == 0 &&      // nothing moved while spinning
+ *         mw_bring_prepare_wait(&rx, 1) == 0 &&   // the INS will post DATA for rx, ...
+ *         mw_cmd_front_final_check(&f) == 0 &&    // ... and kick for a response or an event
+ *         mw_evq_final_check(&bq) == 0)
  *             poll(event channel fd)               // sleep until kicked
+ *
+ * spin_ns is the caller's: 0 sleeps at once (the least CPU), a few microseconds catch a peer
+ * that answers quickly (the least latency when both sides have a core of their own).
  */
 
 struct mw_watch {
