@@ -244,10 +244,9 @@ class Store:
         self.entries: dict[int, int] = {}           # nodes owned, per domain
         self.special: dict[str, Perms] = {name: [[0, PERM_NONE]] for name in _SPECIAL}
         self.connections: list[Connection] = []
-        # The initial tree of the C daemon.
+        # The initial tree of the C daemon, written in this order (generations 1 to 3).
         for path, children in (("/", ["tool"]), ("/tool", ["xenstored"]), ("/tool/xenstored", [])):
-            self.nodes[path] = Node(b"", [[0, PERM_NONE]], children, 0)
-            self._count(0, +1)
+            self._put(None, path, Node(b"", [[0, PERM_NONE]], children, 0))
 
     # -- connections --------------------------------------------------------------------
     def connect(self, domid: int) -> Connection:
@@ -321,10 +320,16 @@ class Store:
             tx.accessed[path] = acc
         return acc.node
 
-    def _put(self, conn: Connection | None, path: str, node: Node) -> None:
-        """Write a node (new or changed); the caller has read it (or its absence) first."""
+    def _stamp(self, node: Node) -> None:
+        """access_node for a write: every write, even one that then fails, takes the next
+        generation (DIRECTORY_PART shows generations, so the count must match the C one)."""
         self.generation += 1
         node.generation = self.generation
+
+    def _put(self, conn: Connection | None, path: str, node: Node, stamp: bool = True) -> None:
+        """Write a node (new or changed); the caller has read it (or its absence) first."""
+        if stamp:
+            self._stamp(node)
         tx = conn.tx if conn else None
         if tx is not None:
             acc = tx.accessed[path]
@@ -336,7 +341,10 @@ class Store:
         self._count(node.perms[0][0], +1)
         self.nodes[path] = node
 
-    def _delete(self, conn: Connection | None, path: str) -> None:
+    def _delete(self, conn: Connection | None, path: str, commit: bool = False) -> None:
+        """Remove a node; a commit applying a transaction's removal takes no generation."""
+        if not commit:
+            self.generation += 1
         tx = conn.tx if conn else None
         if tx is not None:
             acc = tx.accessed[path]
@@ -480,8 +488,9 @@ class Store:
         return b"OK\0"
 
     def _write_node(self, conn, path, node):
+        self._stamp(node)
         self._check_size_or_fail(conn, node)
-        self._put(conn, path, node)
+        self._put(conn, path, node, stamp=False)
 
     def _check_size_or_fail(self, conn, node):
         """write_node_raw's size quota; a failed write dooms the transaction it is in."""
@@ -515,8 +524,11 @@ class Store:
             up = node
         chain[-1][1].value = value
         # The C daemon writes bottom-up, each new node checked against the node quota, and
-        # undoes what it wrote on failure; here nothing is written unless everything passes.
-        # Inside a transaction the count is the global one, so only the first node can fail.
+        # undoes what it wrote on failure; here nothing is stored unless everything passes
+        # (the generations taken on the way are kept, as in C). Inside a transaction the
+        # count is the global one, so only the first node can fail.
+        if conn.tx is not None:
+            conn.tx.node_created = True
         count = self.entries.get(conn.domid, 0)
         for k, (name, node) in enumerate(reversed(chain)):
             if self.quotas.nodes and not conn.privileged and count >= self.quotas.nodes:
@@ -525,13 +537,13 @@ class Store:
                 raise XsError(errno.ENOSPC)
             if conn.tx is None:
                 count += 1
+            self._stamp(node)
             self._check_size_or_fail(conn, node)
+        self._stamp(parent)
         self._check_size_or_fail(conn, parent)
-        if conn.tx is not None:
-            conn.tx.node_created = True
         for name, node in reversed(chain):
-            self._put(conn, name, node)
-        self._put(conn, parent_path, parent)
+            self._put(conn, name, node, stamp=False)
+        self._put(conn, parent_path, parent, stamp=False)
         return chain[-1][1]
 
     def _rm(self, conn, payload):
@@ -547,25 +559,33 @@ class Store:
         return b"OK\0"
 
     def _rm_node(self, conn: Connection | None, path: str) -> None:
+        """rm_node: remove the subtree bottom-up, then unlink it from its parent."""
         parent = self._get(conn, _parent(path))
         if parent is None:
             raise XsError(errno.EINVAL)
-        for name, node in list(self._walk_post(conn, path)):
-            self._delete(conn, name)
-            self._fire(conn, name, node, exact=name != path)
+        self._rm_walk(conn, path, path)
         parent = parent.copy()
         base = path[path.rfind("/") + 1:]
-        if base in parent.children:
-            parent.children.remove(base)
+        if base not in parent.children:
+            # A transaction's copy of the parent predates the node (created outside since):
+            # the C daemon calls this corruption, answers EIO and leaves the removals made.
+            raise XsError(errno.EIO)
+        parent.children.remove(base)
         self._put(conn, _parent(path), parent)
 
-    def _walk_post(self, conn, path: str) -> Iterator[tuple[str, Node]]:
+    def _rm_walk(self, conn: Connection | None, path: str, root: str) -> None:
+        """Depth-first, children in order, each removed after its own children. A listed
+        child that is missing (a transaction's stale copy) stops the walk with EIO, with what
+        was removed so far left removed, as the C daemon's walk_node_tree does."""
         node = self._get(conn, path)
         if node is None:
-            return
+            raise XsError(errno.EIO)
         for child in list(node.children):
-            yield from self._walk_post(conn, _join(path, child))
-        yield path, node
+            self._rm_walk(conn, _join(path, child), root)
+        self._delete(conn, path)
+        self._fire(conn, path, node, exact=path != root)
+        if path != root:
+            self.generation += 1    # C rewrites the parent's child list, doomed as it is
 
     def _set_perms(self, conn, payload):
         strings = _strings(payload)
@@ -766,7 +786,7 @@ class Store:
             if acc.node is not None:
                 self._put(None, path, acc.node)
             else:
-                self._delete(None, path)
+                self._delete(None, path, commit=True)
         for path, acc in modified:
             if acc.fire:
                 self._fire(None, path, None, acc.exact, acc.perms)
@@ -778,8 +798,10 @@ class Store:
             raise XsError(errno.EINVAL)
         domid = _atoi(strings[0].decode("latin-1")) & 0xFFFFFFFF
         port = _atoi(strings[2].decode("latin-1")) & 0xFFFFFFFF
-        if port == 0 or domid == 0 or domid >= DOMID_FIRST_RESERVED:
+        if port == 0 or domid >= DOMID_FIRST_RESERVED:
             raise XsError(errno.EINVAL)
+        if domid == 0:
+            return b"OK\0"     # rebinds dom0's ring in the C daemon; no socket changes
         if domid in self.domains:
             for other in self.connections:       # re-introduction resets the connection
                 if other.domid == domid:

@@ -339,8 +339,9 @@ def test_domain_socket_lifecycle():
 
 def test_introduce_rules():
     with xenstored.running() as xs, client(xs.socket_path) as c:
-        for payload, err in ((b"0\0" b"0\0" b"1\0", b"EINVAL"),      # dom0 is not introduced
-                             (b"7\0" b"0\0" b"0\0", b"EINVAL"),      # port 0
+        c.execute_command(Op.INTRODUCE, b"0\0" b"0\0" b"1\0")       # dom0: OK, no socket
+        assert not os.path.exists(xs.domain_socket(0))
+        for payload, err in ((b"7\0" b"0\0" b"0\0", b"EINVAL"),      # port 0
                              (b"32752\0" b"0\0" b"1\0", b"EINVAL"),  # DOMID_FIRST_RESERVED
                              (b"7\0" b"0\0", b"EINVAL")):            # missing argument
             with pytest.raises(pyxs.PyXSError) as exc:

@@ -1,10 +1,19 @@
 """The XenStore conformance suite against the sim xenstored: one pytest case per suite case,
-the command line a real-Xen run uses, and proof that the suite notices a wrong daemon."""
+the command line a real-Xen run uses, and proof that the suite notices a wrong daemon; then
+the same cases, and random requests side by side with the sim, against Debian's C xenstored."""
+import contextlib
 import errno
+import mmap
 import os
+import random
 import re
+import select
+import shutil
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -122,3 +131,358 @@ def test_hung_case_is_reported_not_waited_for(monkeypatch):
                 t.join(5)
     assert r.status == "FAIL" and "hung" in r.reason
     assert elapsed < 2
+
+
+# ---------------------------------------------------------------------------------------
+# The same suite against the real C xenstored: Debian's xen-utils-4.17 binary, run on this
+# host with a fake hypervisor (xsconform_fakexen.c, LD_PRELOADed) and a relay that plays a
+# guest's side of the XenStore ring page, so that the unprivileged cases run too.
+
+REAL_PACKAGES = ["xen-utils-4.17", "libxenstore4", "libxenmisc4.17", "libxenevtchn1",
+                 "libxengnttab1", "libxentoolcore1", "libxentoollog1", "libxencall1",
+                 "libxenforeignmemory1", "libxendevicemodel1", "libxenhypfs1", "libyajl2"]
+REAL_CACHE = os.environ.get("MW_XENSTORED_CACHE", "/var/tmp/mwcomms-xenstored")
+REAL_BIN = "usr/lib/xen-4.17/bin/xenstored"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _real_root():
+    """The extracted Debian packages (downloaded once into REAL_CACHE), or pytest.skip."""
+    root = os.path.join(REAL_CACHE, "root")
+    if os.path.exists(os.path.join(root, REAL_BIN)):
+        return root
+    for tool in ("apt-get", "dpkg-deb"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} missing: cannot fetch Debian's xenstored")
+    os.makedirs(REAL_CACHE, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=REAL_CACHE)
+    try:
+        proc = subprocess.run(["apt-get", "download", *REAL_PACKAGES], cwd=tmp,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode:
+            pytest.skip(f"apt-get download failed: {proc.stderr.strip()[-300:]}")
+        staging = os.path.join(tmp, "root")
+        for deb in sorted(os.listdir(tmp)):
+            if deb.endswith(".deb"):
+                subprocess.run(["dpkg-deb", "-x", os.path.join(tmp, deb), staging], check=True)
+        os.replace(staging, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+class RingRelay:
+    """A guest's side of domain N's XenStore ring (the page xenstored maps through the fake
+    grant table), offered as a Unix socket: one client at a time; when it leaves, a
+    RESET_WATCHES through the ring gives the next client a clean connection."""
+
+    RING, REQ, RSP, IDX = 1024, 0, 1024, 2048
+    RESET_REQ = 0xFFFFFFF0
+
+    def __init__(self, d, domid):
+        with open(f"{d}/dom{domid}.ring", "wb") as f:
+            f.write(bytes(4096))
+        os.mkfifo(f"{d}/dom{domid}.kick")
+        self.kick = os.open(f"{d}/dom{domid}.kick", os.O_RDWR | os.O_NONBLOCK)
+        self.evtchn = os.open(f"{d}/evtchn", os.O_RDWR | os.O_NONBLOCK)
+        with open(f"{d}/dom{domid}.ring", "r+b") as f:
+            self.page = mmap.mmap(f.fileno(), 4096)
+        self.sock_path = f"{d}/dom{domid}.sock"
+        self.lsock = socket.socket(socket.AF_UNIX)
+        self.lsock.bind(self.sock_path)
+        self.lsock.listen(4)
+        self.stop_r, self.stop_w = os.pipe()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _idx(self, n):
+        return struct.unpack_from("=I", self.page, self.IDX + 4 * n)[0]
+
+    def _set_idx(self, n, value):
+        struct.pack_into("=I", self.page, self.IDX + 4 * n, value & 0xFFFFFFFF)
+
+    def _notify(self):
+        try:
+            os.write(self.evtchn, b"e")
+        except BlockingIOError:
+            pass                            # a wake-up is pending already
+
+    def _push(self, data):
+        cons, prod = self._idx(0), self._idx(1)
+        n = min(len(data), self.RING - ((prod - cons) & 0xFFFFFFFF))
+        off = prod % self.RING
+        first = min(n, self.RING - off)
+        self.page[self.REQ + off:self.REQ + off + first] = data[:first]
+        self.page[self.REQ:self.REQ + n - first] = data[first:n]
+        if n:
+            self._set_idx(1, prod + n)      # data, then the index (x86 keeps store order)
+            self._notify()
+        return data[n:]
+
+    def _pull(self):
+        cons, prod = self._idx(2), self._idx(3)
+        n = (prod - cons) & 0xFFFFFFFF
+        if not n or n > self.RING:
+            return b""
+        off = cons % self.RING
+        first = min(n, self.RING - off)
+        out = (self.page[self.RSP + off:self.RSP + off + first]
+               + self.page[self.RSP:self.RSP + n - first])
+        self._set_idx(2, cons + n)
+        self._notify()
+        return out
+
+    def _wait(self, *fds):
+        r, _, _ = select.select([self.kick, self.stop_r, *fds], [], [], 0.05)
+        if self.kick in r:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.kick, 4096)
+        return r
+
+    def _run(self):
+        while True:
+            r, _, _ = select.select([self.lsock, self.stop_r], [], [])
+            if self.stop_r in r:
+                return
+            client, _ = self.lsock.accept()
+            with client:
+                if not self._serve(client):
+                    return
+            self._reset()
+
+    def _serve(self, client):
+        pending = b""
+        while True:
+            r = self._wait(client)
+            if self.stop_r in r:
+                return False
+            if client in r:
+                try:
+                    data = client.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    return True
+                pending += data
+            if pending:
+                pending = self._push(pending)
+            out = self._pull()
+            if out:
+                try:
+                    client.sendall(out)
+                except OSError:
+                    return True
+
+    def _reset(self):
+        msg = struct.pack("=IIII", 21, self.RESET_REQ, 0, 1) + b"\0"
+        buf = b""
+        while True:
+            if msg:
+                msg = self._push(msg)
+            if self.stop_r in self._wait():
+                return
+            buf += self._pull()
+            while len(buf) >= 16:
+                mtype, req, _, length = struct.unpack_from("=IIII", buf)
+                if len(buf) < 16 + length:
+                    break
+                buf = buf[16 + length:]
+                if (mtype, req) == (21, self.RESET_REQ):
+                    return
+
+    def close(self):
+        os.write(self.stop_w, b"x")
+        self.thread.join(5)
+        self.lsock.close()
+
+
+class RealXenstored:
+    """Debian's xenstored on a fake hypervisor, with domain 7 introduced behind a relay."""
+
+    DOMID = 7
+
+    def __init__(self, root, build):
+        self.dir = tempfile.mkdtemp(prefix="xsr", dir="/tmp")
+        d = self.dir
+        with open(f"{d}/dom0.ring", "wb") as f:
+            f.write(bytes(4096))
+        with open(f"{d}/xsd_port", "w") as f:
+            f.write("1\n")
+        os.mkfifo(f"{d}/evtchn")
+        os.makedirs(f"{d}/run")
+        os.makedirs(f"{d}/lib")
+        self.relays = {}
+        env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(root, "usr/lib/x86_64-linux-gnu"),
+                   LD_PRELOAD=build, FAKEXEN_DIR=d, XENSTORED_RUNDIR=f"{d}/run",
+                   XENSTORED_ROOTDIR=f"{d}/lib")
+        self.proc = subprocess.Popen([os.path.join(root, REAL_BIN), "-N"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.socket_path = f"{d}/run/socket"
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.socket_path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                pytest.fail(f"Debian's xenstored did not start (exit {self.proc.returncode})")
+            time.sleep(0.01)
+
+    def introduce(self, client, domid):
+        """The toolstack's INTRODUCE, with the domain's ring page and relay set up first."""
+        self.relays[domid] = RingRelay(self.dir, domid)
+        client.introduce_domain(domid, 0, 5)
+        return self.relays[domid].sock_path
+
+    def target(self):
+        p = xsconform._client_factory(self.socket_path)()
+        try:
+            sock = self.introduce(p, self.DOMID)
+            home = f"/local/domain/{self.DOMID}".encode()
+            p.mkdir(home)
+            p.set_perms(home, [b"n0", f"r{self.DOMID}".encode()])
+        finally:
+            p.close()
+        return xsconform.Target(priv=xsconform._client_factory(self.socket_path),
+                                domain=xsconform._client_factory(sock), domid=self.DOMID,
+                                socket_path=self.socket_path, introduce=self.introduce)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        for relay in self.relays.values():
+            relay.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def real_build(tmp_path_factory):
+    """(extracted Debian packages, the fake hypervisor's .so), or a skip saying what lacks."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc missing: cannot build the fake hypervisor")
+    root = _real_root()
+    build = str(tmp_path_factory.mktemp("fakexen") / "fakexen.so")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", build,
+                    os.path.join(HERE, "xsconform_fakexen.c"), "-ldl"], check=True)
+    return root, build
+
+
+@pytest.fixture(scope="module")
+def real(real_build):
+    daemon = RealXenstored(*real_build)
+    try:
+        yield daemon, daemon.target()
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize("name", list(xsconform.CASES))
+def test_case_on_debian_xenstored(real, name):
+    result = xsconform.run_case(real[1], name)
+    if result.status == "SKIP":
+        pytest.skip(result.reason)
+    assert result.status == "PASS", result.reason
+
+
+class _Wire:
+    """A raw connection: send a request, collect everything up to its reply."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(5)
+        self.s.connect(path)
+        self.buf = b""
+
+    def call(self, mtype, payload, req_id, tx_id=0):
+        self.s.sendall(struct.pack("=IIII", mtype, req_id, tx_id, len(payload)) + payload)
+        out = []
+        while True:
+            while len(self.buf) < 16 or len(self.buf) < 16 + struct.unpack_from(
+                    "=IIII", self.buf)[3]:
+                data = self.s.recv(65536)
+                assert data, "connection closed"
+                self.buf += data
+            msg = struct.unpack_from("=IIII", self.buf)
+            payload_ = self.buf[16:16 + msg[3]]
+            self.buf = self.buf[16 + msg[3]:]
+            out.append((msg[0], msg[1], msg[2], payload_))
+            if msg[0] != 15 and msg[1] == req_id:
+                return out
+
+
+def _same(op, payload, a, b):
+    """Replies agree, except where the C daemon answers a stale errno (any error matches):
+    a single-argument request without exactly one string, SET_PERMS on a special path."""
+    if a == b:
+        return True
+    stale = (op == 14 and payload.startswith(b"@")) or (
+        op in (1, 2, 3, 12, 13) and not (payload and payload.find(b"\0") == len(payload) - 1))
+    return (stale and len(a) == len(b) and a[:-1] == b[:-1]
+            and a[-1][0] == b[-1][0] == 16 and a[-1][1:3] == b[-1][1:3])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_requests_answered_like_debian_xenstored(real_build, seed):
+    """The same random requests, from dom0 and from a domain (a connection each), go to a
+    fresh Debian xenstored and a fresh sim; every reply and watch event must be identical,
+    DIRECTORY_PART's generation counts included."""
+    rng = random.Random(seed)
+    domid = 8 + seed
+    daemon = RealXenstored(*real_build)
+    with contextlib.ExitStack() as stack:
+        stack.callback(daemon.close)
+        sim = stack.enter_context(xenstored.running())
+        r0, s0 = _Wire(daemon.socket_path), _Wire(sim.socket_path)
+        with xsconform._client_factory(daemon.socket_path)() as p:
+            rdom = daemon.introduce(p, domid)
+        setup = [(8, f"{domid}\0" "0\0" "5\0".encode()), (12, b"/dd\0")]
+        home = f"/local/domain/{domid}".encode()
+        setup += [(12, home + b"\0"), (14, home + b"\0n0\0" + f"r{domid}\0".encode()),
+                  (12, home + b"/h\0"), (14, home + b"/h\0" + f"n{domid}\0".encode())]
+        for i, (op, payload) in enumerate(setup):
+            if op == 8 and i == 0:
+                s0.call(op, payload, i)             # Debian's was introduced above
+                continue
+            assert r0.call(op, payload, i) == s0.call(op, payload, i), payload
+        rd, sd = _Wire(rdom), _Wire(sim.domain_socket(domid))
+        wires = {0: (r0, s0), domid: (rd, sd)}
+        paths = [b"/dd", b"/dd/a", b"/dd/a/b", b"/dd/c", b"/dd/a/c/e", b"h", b"h/x", b"h/x/y",
+                 home + b"/h/z", home, b"rel", b"/dd/a/", b"@introduceDomain",
+                 b"@releaseDomain", b"/", b"", b"/dd/x y"]
+        perms = [b"n0", b"r0", b"b0", f"n{domid}".encode(), f"r{domid}".encode(),
+                 f"w{domid}".encode(), f"b{domid}".encode(), b"n32000", b"r32000", b"x1"]
+        txs = {0: [], domid: []}
+        for step in range(400):
+            who = rng.choice([0, domid])
+            op = rng.choice([11, 11, 11, 12, 13, 2, 1, 3, 14, 4, 5, 6, 7, 22, 10, 21, 2])
+            path = rng.choice(paths)
+            if op == 11:
+                payload = path + b"\0" + rng.choice([b"v", b"", b"x" * 2100, b"a\0b"])
+            elif op == 14:
+                payload = path + b"\0" + b"".join(rng.choice(perms) + b"\0"
+                                                  for _ in range(rng.randrange(0, 7)))
+            elif op in (4, 5):
+                payload = path + b"\0" + rng.choice([b"t1", b"t2"]) + b"\0"
+            elif op in (6, 21):
+                payload = b"\0"
+            elif op == 7:
+                payload = rng.choice([b"T\0", b"F\0", b"X\0"])
+            elif op == 22:
+                payload = path + b"\0" + rng.choice([b"0", b"1", b"5"]) + b"\0"
+            elif op == 10:
+                payload = rng.choice([b"3\0", b"abc\0", b"-1\0", b"3"])
+            else:
+                payload = path + rng.choice([b"\0", b"\0", b"\0", b"", b"\0x\0"])
+            tx = 0
+            if op == 7 or (txs[who] and rng.random() < 0.4):
+                tx = rng.choice(txs[who] or [0, 99])
+            a = wires[who][0].call(op, payload, 1000 + step, tx)
+            b = wires[who][1].call(op, payload, 1000 + step, tx)
+            assert _same(op, payload, a, b), (step, who, op, tx, payload, a, b)
+            other = domid if who == 0 else 0        # its events so far, then in sync
+            assert wires[other][0].call(10, b"0\0", 99999) == wires[other][1].call(
+                10, b"0\0", 99999), (step, "events on the other connection")
+            if op == 6 and a[-1][0] == 6:
+                txs[who].append(int(a[-1][3].rstrip(b"\0")))
+            elif op == 7 and tx in txs[who] and a[-1][3] != b"EINVAL\0":
+                txs[who].remove(tx)
+            elif op == 21 and a[-1][0] == 21:
+                txs[who].clear()
