@@ -3,9 +3,11 @@
  * of proto.h. The manual is include/mwcomms/ring.h.
  *
  * How shared memory is touched here, and nowhere else:
- *  - the peer's indices by one __atomic_load_n(ACQUIRE) per call (peer_index()), then checked;
+ *  - the peer's indices (and rx_flags / error) by one __atomic_load_n(ACQUIRE) per call
+ *    (peer_index()), then checked;
  *  - our own indices by __atomic_store_n(RELEASE) only (publish_index()), never read back;
- *  - messages, headers and records by copy_in() into private memory before any check;
+ *  - slots, event records and datagram headers by a copy into private memory, followed by a
+ *    compiler barrier (copy_in()), before any check;
  *  - payload bytes by memcpy/readv/writev: they are never interpreted, so a peer that changes
  *    them under us only corrupts its own data.
  */

@@ -139,6 +139,8 @@ struct mw_cmd_pending {
     uint32_t pad;
 };
 
+/* The frontend's end (about 13 KiB with its table of outstanding requests: allocate it
+ * statically or on the heap rather than on a small stack). */
 struct mw_cmd_front {
     struct mw_ctrl_page *ctrl;
     union mw_cmd_slot *slots;
