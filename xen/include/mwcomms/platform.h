@@ -68,7 +68,8 @@ int mw_plat_domid(const struct mw_plat *plat);
 /**
  * Grant `npages` fresh zeroed pages to domain `remote` (read-write).
  * @param remote  the domain that may map them (a real id, not MW_DOMID_SELF)
- * @param refs    receives npages grant references, in page order
+ * @param refs    receives npages grant references, in page order; pass them on as a list:
+ *                they need not be ascending or contiguous (Xen's gntalloc gave 9 8 10 11)
  * @param addr    receives the local mapping, npages * MW_GNT_PAGE_SIZE bytes, page aligned
  * @param out     receives the grant, for mw_gnt_release
  * @return 0, -ENOMEM, -ENOSPC (out of grant entries: on xen, gntalloc hands out 1024 pages
