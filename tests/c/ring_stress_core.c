@@ -17,6 +17,7 @@
 #define HOLD_EVERY 4096u       /* hold back one request in this many ... */
 #define HOLD_FOR 1000u         /* ... for this many answers */
 #define SLEEP_MS 2000          /* a sleep this long without a kick is a lost wake-up */
+#define POLL_SPIN_NS 5000      /* poll mode: spin this long, then yield the core */
 
 struct rs {
     const struct rs_cfg *cfg;
@@ -220,7 +221,7 @@ static int wait_for(struct rs *s, enum wait_on on, void *obj, uint32_t need)
     default: w = mw_bring_watch(obj); break;
     }
     if (s->cfg->poll) {
-        if (mw_spin_wait(&w, 1, 50000) == 0)
+        if (mw_spin_wait(&w, 1, POLL_SPIN_NS) == 0)
             sched_yield();   /* the peer may be waiting for our core */
         return 0;
     }
