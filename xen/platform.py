@@ -19,9 +19,12 @@ opened it: after fork() the child cannot use it, and dropping it there leaves th
 state alone. Touch shared memory through ``buffer`` only for control-plane work: data-plane
 indices belong to the C ring library (Python has no memory barriers).
 """
+from __future__ import annotations
+
 import errno
 import os
 import weakref
+from typing import Iterable, Optional
 
 from mwcomms._native import ffi, lib
 
@@ -31,7 +34,7 @@ DOMID_SELF = lib.MW_DOMID_SELF
 PAGE_SIZE = lib.MW_GNT_PAGE_SIZE
 
 
-def _check(rc, what):
+def _check(rc: int, what: str) -> int:
     """Return rc when it is >= 0; raise OSError(-rc) naming `what` when it is a -errno."""
     if rc < 0:
         raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
@@ -46,7 +49,8 @@ class Platform:
     MW_SIM_DOMID). Raises OSError (ENODEV: backend not here, EINVAL: bad configuration).
     """
 
-    def __init__(self, backend=None, sim_dir=None, domid=None):
+    def __init__(self, backend: Optional[str] = None, sim_dir: Optional[str] = None,
+                 domid: Optional[int] = None) -> None:
         self._ptr = None
         self._pid = os.getpid()
         self._children = weakref.WeakSet()
@@ -65,10 +69,10 @@ class Platform:
         out = ffi.new("struct mw_plat **")
         _check(lib.mw_plat_open(cfg, out), "platform open")
         self._ptr = out[0]
-        self.backend = ffi.string(lib.mw_plat_backend(self._ptr)).decode()
+        self.backend: str = ffi.string(lib.mw_plat_backend(self._ptr)).decode()
 
     @property
-    def domid(self):
+    def domid(self) -> Optional[int]:
         """This domain's id on sim; None on xen (XenStore knows it there)."""
         rc = lib.mw_plat_domid(self._live())
         return rc if rc >= 0 else None
@@ -78,7 +82,7 @@ class Platform:
             raise ValueError("platform is closed, or belongs to the parent process")
         return self._ptr
 
-    def share(self, remote, npages):
+    def share(self, remote: int, npages: int) -> Grant:
         """Grant `npages` zeroed pages to domain `remote`; returns a Grant with .refs."""
         n = npages if 0 < npages <= lib.MW_GNT_MAX_PAGES else 0   # C refuses 0: EINVAL
         refs = ffi.new("uint32_t[]", max(n, 1))
@@ -88,7 +92,7 @@ class Platform:
                f"share {npages} pages with domain {remote}")
         return self._adopt(Grant(self, out[0], addr[0], npages, tuple(refs[0:npages])))
 
-    def map(self, remote, refs):
+    def map(self, remote: int, refs: Iterable[int]) -> Grant:
         """Map the pages `refs` granted by domain `remote`, in that order, contiguously."""
         refs = tuple(int(r) for r in refs)
         crefs = ffi.new("uint32_t[]", refs) if refs else ffi.new("uint32_t[1]")
@@ -98,7 +102,7 @@ class Platform:
                f"map {len(refs)} pages of domain {remote}")
         return self._adopt(Grant(self, out[0], addr[0], len(refs), refs))
 
-    def evtchn(self):
+    def evtchn(self) -> EventChannel:
         """Open an event channel handle."""
         out = ffi.new("struct mw_evtchn **")
         _check(lib.mw_evtchn_open(self._live(), out), "event channel open")
@@ -108,7 +112,7 @@ class Platform:
         self._children.add(child)
         return child
 
-    def close(self):
+    def close(self) -> None:
         """Release every grant and event channel of this platform, then close it."""
         if self._ptr is None:
             return
@@ -118,10 +122,10 @@ class Platform:
             lib.mw_plat_close(self._ptr)
         self._ptr = None
 
-    def __enter__(self):
+    def __enter__(self) -> Platform:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()
 
     def __del__(self):
@@ -146,18 +150,18 @@ class Grant:
         self._plat = plat          # keeps the platform open as long as the grant lives
         self._ptr = ptr
         self._pid = os.getpid()
-        self.refs = refs
-        self.npages = npages
-        self.address = int(ffi.cast("uintptr_t", addr))
+        self.refs: tuple[int, ...] = refs
+        self.npages: int = npages
+        self.address: int = int(ffi.cast("uintptr_t", addr))
         self._view = memoryview(ffi.buffer(addr, npages * PAGE_SIZE))
 
     @property
-    def buffer(self):
+    def buffer(self) -> memoryview:
         if self._ptr is None or self._pid != os.getpid():
             raise ValueError("grant is released, or belongs to the parent process")
         return self._view
 
-    def release(self):
+    def release(self) -> None:
         """Unmap (or stop sharing) the pages. Idempotent."""
         if self._ptr is None:
             return
@@ -172,10 +176,10 @@ class Grant:
 
     close = release
 
-    def __enter__(self):
+    def __enter__(self) -> Grant:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.release()
 
     def __del__(self):
@@ -196,47 +200,47 @@ class EventChannel:
         self._plat = plat          # keeps the platform open as long as the handle lives
         self._ptr = ptr
         self._pid = os.getpid()
-        self.fd = lib.mw_evtchn_fd(ptr)
+        self.fd: int = lib.mw_evtchn_fd(ptr)
 
     def _live(self):
         if self._ptr is None or self._pid != os.getpid():
             raise ValueError("event channel is closed, or belongs to the parent process")
         return self._ptr
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self.fd
 
-    def alloc_unbound(self, remote):
+    def alloc_unbound(self, remote: int) -> int:
         """A new local port that domain `remote` (or DOMID_SELF) may bind to."""
         return _check(lib.mw_evtchn_alloc_unbound(self._live(), remote),
                       f"alloc unbound port for domain {remote}")
 
-    def bind_interdomain(self, remote, remote_port):
+    def bind_interdomain(self, remote: int, remote_port: int) -> int:
         """Bind to `remote_port` of domain `remote`; returns the local port."""
         return _check(lib.mw_evtchn_bind_interdomain(self._live(), remote, remote_port),
                       f"bind to port {remote_port} of domain {remote}")
 
-    def notify(self, port):
+    def notify(self, port: int) -> None:
         """Kick the other end of local `port`."""
         _check(lib.mw_evtchn_notify(self._live(), port), f"notify port {port}")
 
-    def pending(self):
+    def pending(self) -> Optional[int]:
         """Take one pending port and unmask it; None when none is pending."""
         rc = lib.mw_evtchn_pending(self._live())
         if rc == -errno.EAGAIN:
             return None
         return _check(rc, "pending")
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait up to `timeout` seconds (None: forever) for a pending port; True if one is."""
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         return bool(_check(lib.mw_evtchn_wait(self._live(), ms), "wait"))
 
-    def unbind(self, port):
+    def unbind(self, port: int) -> None:
         """Close local `port`."""
         _check(lib.mw_evtchn_unbind(self._live(), port), f"unbind port {port}")
 
-    def close(self):
+    def close(self) -> None:
         """Close the handle and every port bound through it. Idempotent."""
         if self._ptr is None:
             return
@@ -245,10 +249,10 @@ class EventChannel:
         self._ptr = None
         self.fd = -1
 
-    def __enter__(self):
+    def __enter__(self) -> EventChannel:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()
 
     def __del__(self):
