@@ -45,6 +45,7 @@
 #define DATA_PAGES 8u
 #define NSOCKS 4u
 #define STEP_TAKE_MAX 64
+#define MIN_PEER_STEPS 2000     /* a round lasts until the peer has made this many steps */
 
 enum obj { O_CMD, O_EVOUT, O_EVIN, O_SOUT, O_SIN, O_DOUT, O_DIN, O_N };
 static const char *obj_name[O_N] = { "cmd", "evq_out", "evq_in", "stream_out", "stream_in",
@@ -58,6 +59,7 @@ struct ctl {
     int done;              /* child: the round it has stopped */
     double rate;           /* corruption probability per step of the hostile side */
     int quit;              /* parent: exit */
+    int steps;             /* child: steps done in this round */
 };
 
 struct agent {
@@ -560,9 +562,11 @@ static void hostile_main(struct agent *g, struct ctl *c)
             _exit(0);
         round = ld(&c->round);
         open_all(g);
+        st(&c->steps, 0);
         st(&c->started, round);
         while (ld(&c->stop) != round) {
             step(g);
+            st(&c->steps, ld(&c->steps) + 1);
             if (c->rate > 0 && (double)rndn(g, 1000000) < c->rate * 1e6)
                 corrupt(g);
             if (rndn(g, 64) == 0)
@@ -657,9 +661,11 @@ static int run_honest(enum mw_side side, int rounds, int round_ms, uint64_t seed
             ret = -1;
             break;
         }
-        alarm(10 + round_ms / 1000);    /* a hang in the honest side kills it */
+        alarm(20 + round_ms / 1000);    /* a hang in the honest side kills it */
         end = now_s() + round_ms / 1000.0;
-        while (now_s() < end) {
+        /* at least round_ms, and until the peer has made MIN_PEER_STEPS steps (a loaded
+         * machine may not give it a core for a while), but not more than 10 s */
+        while (now_s() < end || (ld(&c->steps) < MIN_PEER_STEPS && now_s() < end + 10)) {
             if (step(&honest) < 0) {
                 ret = -1;
                 break;
@@ -674,8 +680,9 @@ static int run_honest(enum mw_side side, int rounds, int round_ms, uint64_t seed
             failf(&honest, "the peer did not stop round %d", r);
             ret = -1;
         }
-        len = snprintf(line, sizeof(line), "ROUND honest=%s round=%d rate=%g steps=%llu moved=%llu",
-                       who, r, rate, (unsigned long long)steps,
+        len = snprintf(line, sizeof(line),
+                       "ROUND honest=%s round=%d rate=%g steps=%llu peer_steps=%d moved=%llu",
+                       who, r, rate, (unsigned long long)steps, ld(&c->steps),
                        (unsigned long long)honest.moved);
         for (int o = 0; o < O_N; o++) {
             eproto += honest.eproto[o];

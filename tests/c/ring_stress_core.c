@@ -16,7 +16,7 @@
 #define CHUNK_MAX 65536u
 #define HOLD_EVERY 4096u       /* hold back one request in this many ... */
 #define HOLD_FOR 1000u         /* ... for this many answers */
-#define SLEEP_MS 2000          /* a sleep this long without a kick is a lost wake-up */
+#define SLEEP_MS 5000          /* a sleep this long without a kick is a lost wake-up */
 #define POLL_SPIN_NS 5000      /* poll mode: spin this long, then yield the core */
 
 struct rs {

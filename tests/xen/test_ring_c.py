@@ -93,8 +93,8 @@ def test_unit_cases_are_all_collected(build):
 
 # ---- hostile peer ----------------------------------------------------------------------------
 
-ROUND = re.compile(r"^ROUND honest=(\w+) round=(\d+) rate=(\S+) steps=(\d+) moved=(\d+) (.*)$",
-                   re.M)
+ROUND = re.compile(r"^ROUND honest=(\w+) round=(\d+) rate=(\S+) steps=(\d+) peer_steps=(\d+) "
+                   r"moved=(\d+) (.*)$", re.M)
 
 
 @pytest.mark.parametrize("honest", ["front", "back"])
@@ -107,8 +107,8 @@ def test_hostile_peer(build, honest):
     rounds = ROUND.findall(r.stdout)
     assert len(rounds) == 11
     eproto_by_obj = {}
-    for side, _, rate, steps, moved, counts in rounds:
-        assert side == honest and int(steps) > 0
+    for side, _, rate, steps, peer_steps, moved, counts in rounds:
+        assert side == honest and int(steps) > 0 and int(peer_steps) >= 2000
         per = {k: int(v) for k, v in (kv.split("=") for kv in counts.split())}
         if float(rate) == 0:
             assert sum(per.values()) == 0 and int(moved) > 0, counts
