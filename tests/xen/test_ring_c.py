@@ -5,10 +5,12 @@
 - ring_stress: 10 million requests/responses and 1 GiB through a byte ring between two
   processes, at -O2 without sanitizers (for the rates), in poll and doorbell modes, over a
   memfd + eventfds and over the platform layer's sim grants + event channels; smaller counts
-  under ASan + UBSan.
+  under ASan + UBSan; one-at-a-time round trips for the wake-up latency.
+- ring_xen: the same program as one file, as tests/realxen builds it, run as two processes in
+  two sim domains exchanging grant references through a file.
 
-The rates are printed as `RING-RATE ...` lines (run pytest with -s to see them) and kept as
-junit properties.
+The rates are printed as `RING-RATE ...` / `RING-RTT ...` lines (run pytest with -s to see
+them) and kept as junit properties.
 """
 import os
 import re
