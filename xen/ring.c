@@ -219,6 +219,7 @@ int mw_cmd_front_put_req(struct mw_cmd_front *f, struct mw_req *req, uint64_t co
     p->cmd = req->cmd;
     p->sock = req->sock;
     p->cookie = cookie;
+    p->idx = f->req_prod_pvt;
 
     req->id = p->id;
     memcpy(&f->slots[f->req_prod_pvt & (f->nslots - 1)].req, req, sizeof(*req));
@@ -235,12 +236,16 @@ int mw_cmd_front_push(struct mw_cmd_front *f)
                          &f->ctrl->back.req_event);
 }
 
-/* Responses published and not read yet; -EPROTO when rsp_prod claims more than we asked for. */
+/*
+ * Responses published and not read yet; -EPROTO when rsp_prod claims more than were asked for:
+ * req_prod_pub - rsp_cons requests are published and not answered-and-read (the ones put but
+ * not pushed yet are not the INS's to answer).
+ */
 static int64_t front_unread(struct mw_cmd_front *f)
 {
     uint32_t unread = peer_index(&f->ctrl->back.rsp_prod) - f->rsp_cons;
 
-    if (unread > f->outstanding) {
+    if (unread > f->req_prod_pub - f->rsp_cons) {
         f->broken = 1;
         return -EPROTO;
     }
@@ -265,6 +270,9 @@ int mw_cmd_front_take_rsp(struct mw_cmd_front *f, struct mw_rsp *rsp, uint64_t *
         goto out_broken;
     p = &f->pending[tag];
     if (p->id == 0 || p->id != rsp->id || p->cmd != rsp->cmd || p->sock != rsp->sock)
+        goto out_broken;
+    /* the request was published: its index is not among the ones put since the last push */
+    if (p->idx - f->req_prod_pub < f->req_prod_pvt - f->req_prod_pub)
         goto out_broken;
 
     if (cookie)

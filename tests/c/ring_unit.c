@@ -459,6 +459,48 @@ static int t_cmd_front_wrong_cmd(void) { return cmd_front_bad_rsp(3); }
 static int t_cmd_front_wrong_sock(void) { return cmd_front_bad_rsp(4); }
 static int t_cmd_front_zero_id(void) { return cmd_front_bad_rsp(5); }
 
+/* A response to a request put but not pushed yet: the INS cannot have seen it. */
+static int t_cmd_front_answer_to_unpublished(void)
+{
+    static struct mw_cmd_front f;
+    struct mw_cmd_back b;
+    struct mw_req qs[3], late;
+    struct mw_rsp r;
+    struct fx x;
+
+    CHECK_EQ(cmd_setup3(&x, &f, &b, qs), 0);
+    late = ping_req(9, 1);
+    CHECK_EQ(mw_cmd_front_put_req(&f, &late, 9), 0);   /* not pushed */
+    r = answer(&late);                                  /* a guessed id */
+    CHECK_EQ(mw_cmd_back_put_rsp(&b, &r), 0);
+    mw_cmd_back_push(&b);
+    CHECK_EQ(mw_cmd_front_take_rsp(&f, &r, NULL), -EPROTO);
+    CHECK(front_is_broken(&f));
+    fx_close(&x);
+    return 0;
+}
+
+/* rsp_prod may not count requests put but not pushed */
+static int t_cmd_front_rsp_prod_counts_unpublished(void)
+{
+    static struct mw_cmd_front f;
+    struct mw_cmd_back b;
+    struct mw_req qs[3], late;
+    struct mw_rsp r;
+    struct fx x;
+
+    CHECK_EQ(cmd_setup3(&x, &f, &b, qs), 0);
+    late = ping_req(9, 1);
+    CHECK_EQ(mw_cmd_front_put_req(&f, &late, 9), 0);   /* 4 outstanding, 3 published */
+    x.a.ctrl->back.rsp_prod = 3;
+    CHECK_EQ(mw_cmd_front_final_check(&f), 1);
+    x.a.ctrl->back.rsp_prod = 4;
+    CHECK_EQ(mw_cmd_front_take_rsp(&f, &r, NULL), -EPROTO);
+    CHECK(front_is_broken(&f));
+    fx_close(&x);
+    return 0;
+}
+
 static int t_cmd_front_duplicate_response(void)
 {
     static struct mw_cmd_front f;
@@ -1515,6 +1557,8 @@ static const struct {
     T(cmd_front_wrong_sock),
     T(cmd_front_zero_id),
     T(cmd_front_duplicate_response),
+    T(cmd_front_answer_to_unpublished),
+    T(cmd_front_rsp_prod_counts_unpublished),
     T(cmd_back_req_prod_past_ring),
     T(cmd_back_req_prod_over_unanswered),
     T(cmd_back_req_prod_backwards),

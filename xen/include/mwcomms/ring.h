@@ -136,7 +136,7 @@ struct mw_cmd_pending {
     uint16_t cmd;          /* to check against the response */
     uint16_t gen;          /* generation of the tag, part of the next id */
     uint32_t sock;         /* to check against the response */
-    uint32_t pad;
+    uint32_t idx;          /* the request's ring index: answered only once published */
 };
 
 /* The frontend's end (about 13 KiB with its table of outstanding requests: allocate it
@@ -198,8 +198,9 @@ int mw_cmd_front_push(struct mw_cmd_front *f);
  * Copy out the next response and check it.
  * @param rsp     receives the response
  * @param cookie  receives the cookie given with its request (may be NULL)
- * @return 1 (a response), 0 (none), -EPROTO (rsp_prod claims responses to requests never
- *         sent, or the response's id/cmd/sock match no outstanding request)
+ * @return 1 (a response), 0 (none), -EPROTO (rsp_prod claims more responses than requests
+ *         were published and not answered, or the response's id/cmd/sock match no outstanding
+ *         published request)
  */
 int mw_cmd_front_take_rsp(struct mw_cmd_front *f, struct mw_rsp *rsp, uint64_t *cookie);
 
