@@ -187,6 +187,9 @@ class RingRelay:
         self.evtchn = os.open(f"{d}/evtchn", os.O_RDWR | os.O_NONBLOCK)
         with open(f"{d}/dom{domid}.ring", "r+b") as f:
             self.page = mmap.mmap(f.fileno(), 4096)
+        # The four ring indices, read and written as whole aligned words: struct would move
+        # them a byte at a time, and xenstored reading a torn index drops the connection.
+        self.indices = memoryview(self.page)[self.IDX:self.IDX + 16].cast("I")
         self.sock_path = f"{d}/dom{domid}.sock"
         self.lsock = socket.socket(socket.AF_UNIX)
         self.lsock.bind(self.sock_path)
@@ -196,10 +199,10 @@ class RingRelay:
         self.thread.start()
 
     def _idx(self, n):
-        return struct.unpack_from("=I", self.page, self.IDX + 4 * n)[0]
+        return self.indices[n]
 
     def _set_idx(self, n, value):
-        struct.pack_into("=I", self.page, self.IDX + 4 * n, value & 0xFFFFFFFF)
+        self.indices[n] = value & 0xFFFFFFFF
 
     def _notify(self):
         try:
@@ -294,6 +297,7 @@ class RingRelay:
         os.write(self.stop_w, b"x")
         self.thread.join(5)
         self.lsock.close()
+        self.indices.release()
 
 
 class RealXenstored:
@@ -319,11 +323,19 @@ class RealXenstored:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.socket_path = f"{d}/run/socket"
         deadline = time.monotonic() + 10
-        while not os.path.exists(self.socket_path):
+        while not self._listening():        # it binds, then listens: the file comes first
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 pytest.fail(f"Debian's xenstored did not start (exit {self.proc.returncode})")
             time.sleep(0.01)
+
+    def _listening(self):
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(self.socket_path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                return False
+        return True
 
     def introduce(self, client, domid):
         """The toolstack's INTRODUCE, with the domain's ring page and relay set up first."""
