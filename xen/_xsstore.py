@@ -808,8 +808,11 @@ class Store:
                     self._drop_watches(other)
                     other.transactions.clear()
             return b"OK\0"
+        try:
+            self.on_introduce(domid)
+        except OSError as exc:      # e.g. no room for its socket: refused, nothing changed
+            raise XsError(exc.errno or errno.EIO) from None
         self.domains[domid] = _Domain(domid, self.generation)
-        self.on_introduce(domid)
         self._fire(None, "@introduceDomain", None, exact=True)
         return b"OK\0"
 

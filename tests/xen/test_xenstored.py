@@ -511,3 +511,17 @@ def test_store_invariants_hold_under_random_requests():
                 assert (path.rstrip("/") + "/" + child) in store.nodes
             owners[node.perms[0][0]] = owners.get(node.perms[0][0], 0) + 1
         assert {d: n for d, n in store.entries.items() if n} == owners
+
+
+def test_introduce_without_room_for_the_socket_is_refused_cleanly():
+    d = "/tmp/" + "d" * (96 - len("/tmp/"))        # <dir>/socket fits, <dir>/domain/N.sock not
+    os.makedirs(d, exist_ok=True)
+    try:
+        with xenstored.running(d) as xs, client(xs.socket_path) as c:
+            with pytest.raises(pyxs.PyXSError) as exc:
+                xenstored.introduce_domain(c, 12345)
+            assert exc.value.args[0] == errno.EINVAL
+            assert not c.is_domain_introduced(12345)
+            c.write(b"/fine", b"1")
+    finally:
+        subprocess.run(["rm", "-rf", d])
