@@ -75,7 +75,7 @@ struct agent {
     uint64_t rnd;
     int broken[O_N];
     uint64_t eproto[O_N];
-    uint64_t moved;                  /* messages, events, bytes and records that went through */
+    uint64_t moved[O_N];             /* per object: messages, events, bytes, records through */
     int devnull;
     char fail[200];
 };
@@ -201,7 +201,9 @@ static int step_cmd(struct agent *g)
             q.sock = rndn(g, NSOCKS);
             q.u.ping.arg = rnd(g);
             ret = mw_cmd_front_put_req(&g->f, &q, q.u.ping.arg);
-            if ((ret = SEEN(g, O_CMD, ret, "put_req", ENOSPC)) <= 0)
+            if (ret == -ENOSPC)
+                break;   /* every slot outstanding: take responses first */
+            if ((ret = SEEN(g, O_CMD, ret, "put_req")) <= 0)
                 return ret;
         }
         if ((ret = SEEN(g, O_CMD, mw_cmd_front_push(&g->f), "push")) <= 0)
@@ -212,7 +214,7 @@ static int step_cmd(struct agent *g)
                 break;
             if ((ret = SEEN(g, O_CMD, ret, "take_rsp")) <= 0)
                 return ret;
-            g->moved++;
+            g->moved[O_CMD]++;
         }
         if (rndn(g, 4) == 0)
             return SEEN(g, O_CMD, mw_cmd_front_final_check(&g->f), "final_check");
@@ -240,7 +242,7 @@ static int step_cmd(struct agent *g)
         ret = mw_cmd_back_put_rsp(&g->b, &r);
         if ((ret = SEEN(g, O_CMD, ret, "put_rsp")) <= 0)
             return ret;
-        g->moved++;
+        g->moved[O_CMD]++;
     }
     if ((ret = SEEN(g, O_CMD, mw_cmd_back_push(&g->b), "push")) <= 0)
         return ret;
@@ -271,7 +273,7 @@ static int step_evq(struct agent *g)
         if (ret == 0)
             break;
         if (ret == 1) {
-            g->moved++;
+            g->moved[O_EVIN]++;
             if (ev.sock >= NSOCKS || ev.type == 0 || ev.type >= MW_EV_MAX_)
                 return failf(g, "evq_take handed out a bad event (sock %u type %u)", ev.sock,
                              ev.type);
@@ -327,7 +329,7 @@ static int step_stream(struct agent *g)
             goto out_free;
         }
         if (ret > 0)
-            g->moved += (uint32_t)ret;
+            g->moved[O_SIN] += (uint32_t)ret;
         if (!g->broken[O_SIN] && SEEN(g, O_SIN, mw_bring_release(in), "release") < 0)
             goto out_fail;
         if (!g->broken[O_SIN] && g->side == MW_SIDE_FRONT) {
@@ -420,7 +422,7 @@ static int step_dgram(struct agent *g)
                 ret = failf(g, "dgram with len %u handed out", h.len);
                 goto out_free;
             }
-            g->moved++;
+            g->moved[O_DIN]++;
         }
         if (!g->broken[O_DIN] && SEEN(g, O_DIN, mw_bring_release(in), "release") < 0)
             goto out_fail;
@@ -651,7 +653,7 @@ static int run_honest(enum mw_side side, int rounds, int round_ms, uint64_t seed
         for (uint32_t p = 0; p < DATA_PAGES; p += 2)
             memset(honest.a.data + p * page, 0, page);
         memset(honest.eproto, 0, sizeof(honest.eproto));
-        honest.moved = 0;
+        memset(honest.moved, 0, sizeof(honest.moved));
         if (open_all(&honest) < 0)
             break;
         c->rate = rate;
@@ -683,7 +685,8 @@ static int run_honest(enum mw_side side, int rounds, int round_ms, uint64_t seed
         len = snprintf(line, sizeof(line),
                        "ROUND honest=%s round=%d rate=%g steps=%llu peer_steps=%d moved=%llu",
                        who, r, rate, (unsigned long long)steps, ld(&c->steps),
-                       (unsigned long long)honest.moved);
+                       (unsigned long long)(honest.moved[O_CMD] + honest.moved[O_EVIN] +
+                                            honest.moved[O_SIN] + honest.moved[O_DIN]));
         for (int o = 0; o < O_N; o++) {
             eproto += honest.eproto[o];
             len += snprintf(line + len, sizeof(line) - len, " %s=%llu", obj_name[o],
@@ -694,8 +697,14 @@ static int run_honest(enum mw_side side, int rounds, int round_ms, uint64_t seed
             failf(&honest, "protocol errors in a round without corruption");
             ret = -1;
         }
-        if (rate == 0 && honest.moved == 0) {
-            failf(&honest, "nothing moved in a round without corruption");
+        if (rate == 0 && (!honest.moved[O_CMD] || !honest.moved[O_EVIN] ||
+                          !honest.moved[O_SIN] || !honest.moved[O_DIN])) {
+            failf(&honest, "a ring moved nothing in a round without corruption "
+                  "(cmd %llu events %llu bytes %llu datagrams %llu)",
+                  (unsigned long long)honest.moved[O_CMD],
+                  (unsigned long long)honest.moved[O_EVIN],
+                  (unsigned long long)honest.moved[O_SIN],
+                  (unsigned long long)honest.moved[O_DIN]);
             ret = -1;
         }
         *eproto_total += eproto;
