@@ -525,3 +525,24 @@ def test_introduce_without_room_for_the_socket_is_refused_cleanly():
             c.write(b"/fine", b"1")
     finally:
         subprocess.run(["rm", "-rf", d])
+
+
+def test_where_the_c_daemon_answers_a_stale_errno_the_sim_answers_what_it_meant():
+    """C xenstored 4.17 returns `errno` unset by the callee for a single-argument request
+    that is not one string and for SET_PERMS refused on a special path; after a WATCH errno
+    is 0, it sends no reply and aborts. The sim answers EINVAL / EACCES and carries on."""
+    with xenstored.running() as xs:
+        s = raw_sock(xs.socket_path)
+        send(s, Op.WATCH, b"/x\0tok\0", req_id=1)
+        assert recv(s)[0] == Op.WATCH and recv(s)[0] == Op.WATCH_EVENT
+        for i, mtype in enumerate((Op.READ, Op.DIRECTORY, Op.GET_PERMS, Op.MKDIR, Op.RM)):
+            for payload in (b"/tool", b"/tool\0extra\0", b""):
+                send(s, mtype, payload, req_id=10 + i)
+                assert recv(s) == (Op.ERROR, 10 + i, 0, b"EINVAL\0"), (mtype, payload)
+        send(s, Op.SET_PERMS, b"@notspecial\0n0\0", req_id=20)
+        assert recv(s) == (Op.ERROR, 20, 0, b"EINVAL\0")
+        with client(xs.socket_path) as c:
+            introduce(c, 3)
+        d = raw_sock(xs.domain_socket(3))
+        send(d, Op.SET_PERMS, b"@releaseDomain\0n3\0", req_id=21)
+        assert recv(d) == (Op.ERROR, 21, 0, b"EACCES\0")
