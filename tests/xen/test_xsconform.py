@@ -165,7 +165,11 @@ def _real_root():
         for deb in sorted(os.listdir(tmp)):
             if deb.endswith(".deb"):
                 subprocess.run(["dpkg-deb", "-x", os.path.join(tmp, deb), staging], check=True)
-        os.replace(staging, root)
+        try:
+            os.replace(staging, root)
+        except OSError:                     # another run got there first
+            if not os.path.exists(os.path.join(root, REAL_BIN)):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
