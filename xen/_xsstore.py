@@ -48,6 +48,23 @@ Quotas (unprivileged domains only; same defaults and errors as the C daemon)
     is "more than", as in C), open transactions per connection: 10 (the 12th START is ENOSPC,
     likewise), node record size 2048 bytes including permissions and child names (ENOSPC),
     permission entries per node 5 (ENOSPC), nodes touched per transaction 1024 (ENOSPC).
+    Not simulated: the memory quota, the outstanding-request quota, write rate limiting.
+
+Generations (DIRECTORY_PART shows them, so they count exactly as in C): every write or
+removal of a node takes the next number, a failed write included; so does a transaction's
+start and each node its commit writes; removing a subtree also rewrites each removed node's
+parent on the way up.
+
+Domains
+  - Connections of the main socket are domain 0. INTRODUCE (domain 0 only) of a new domain
+    opens its socket and fires @introduceDomain; of an introduced one it drops that domain's
+    watches and transactions; of domain 0 it does nothing. RELEASE drops the domain's
+    connections, removes the nodes it owns (their watches fire), strips it from the special
+    paths' permissions, then fires @releaseDomain.
+
+Where the C daemon answers with a stale errno (a single-argument request that is not exactly
+one string; SET_PERMS refused on a special path), the sim answers what it meant: EINVAL, or
+EACCES for a caller without rights on the special path.
 """
 from __future__ import annotations
 
