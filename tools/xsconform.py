@@ -13,11 +13,12 @@ daemons. Where the two disagree, the C daemon is the reference.
 
 Cases that act as an unprivileged domain need a second connection that *is* that domain. On
 the sim daemon (recognised by the `domain/` directory beside its socket) the suite introduces a
-domain and uses its socket. On real Xen dom0 cannot speak as a domU; pass
-`--domain-socket PATH --domid N` for a socket that reaches domain N's XenStore connection (a
-relay run by the harness, which must hand each new client a clean connection: the suite opens
-one per case; tests/xen/test_xsconform.py has such a relay over a ring page), otherwise those
-cases are SKIPped with the reason. Cases that INTRODUCE/RELEASE domains only run where the
+domain and uses its socket. On real Xen, dom0 can speak as a domain N that was created
+paused (`xl create -p`, so its kernel never uses its XenStore ring): `--paused-domain N` maps
+that ring page and relays a local socket onto it (xen/_xsring.py). Or pass
+`--domain-socket PATH --domid N` for any socket that reaches domain N's XenStore connection
+(it must hand each new client a clean connection: the suite opens one per case). Without
+either, those cases are SKIPped with the reason. Cases that INTRODUCE/RELEASE domains only run where the
 suite may invent domains (the sim, or a target with an `introduce` hook).
 
 All cases pass on the sim and on Debian's xenstored 4.17.7 (the binary real Xen runs here),
@@ -29,6 +30,7 @@ Every case works under its own subtree (/xsconform-<run>/<case>, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import errno
@@ -79,7 +81,8 @@ class Target:
     priv: Callable[[], pyxs.Client]
     domain: Callable[[], pyxs.Client] | None = None
     domid: int | None = None
-    no_domain: str = "no unprivileged domain connection (--domain-socket/--domid)"
+    no_domain: str = ("no connection as an unprivileged domain (on real Xen: --paused-domain "
+                      "N, or --domain-socket PATH --domid N)")
     socket_path: str | None = None
     introduce: Callable[[pyxs.Client, int], str] | None = None
     cleanup: Callable[[], None] | None = None
@@ -1059,8 +1062,8 @@ def _sock(c: Ctx) -> socket.socket:
     if not c.target.socket_path:
         raise Skip("no privileged Unix socket")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(EVENT_TIMEOUT)
-    s.connect(c.target.socket_path)
+    s.connect(c.target.socket_path)     # blocking: C xenstored listens with a backlog of 1,
+    s.settimeout(EVENT_TIMEOUT)         # and a non-blocking connect fails with EAGAIN
     c.cleanups.append(s.close)
     return s
 
@@ -1208,6 +1211,91 @@ def _sim_introduce(socket_path: str) -> Callable[[pyxs.Client, int], str]:
     return introduce
 
 
+def socket_poker(socket_path: str) -> Callable[[], None]:
+    """A notify() for a ring relay without an event channel: one GET_DOMAIN_PATH round trip
+    on a privileged socket makes xenstored run its loop once, which serves the domain rings."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(socket_path)           # blocking, see _sock()
+    sock.settimeout(EVENT_TIMEOUT)
+    lock = threading.Lock()
+
+    def poke() -> None:
+        with lock:
+            sock.sendall(struct.pack("=IIII", Op.GET_DOMAIN_PATH, 0, 0, 2) + b"0\0")
+            want = 16 + len(b"/local/domain/0\0")
+            got = b""
+            while len(got) < want:
+                chunk = sock.recv(want - len(got))
+                if not chunk:
+                    raise ConnectionError("xenstored closed the poke socket")
+                got += chunk
+    poke.close = sock.close
+    return poke
+
+
+def _map_foreign_page(domid: int, frame: int):
+    """Map one page of domain `domid` (dom0 only, through libxenforeignmemory).
+    @return (a ctypes array over the page, a function that unmaps it)"""
+    import ctypes
+    lib = ctypes.CDLL("libxenforeignmemory.so.1", use_errno=True)
+    lib.xenforeignmemory_open.restype = ctypes.c_void_p
+    lib.xenforeignmemory_open.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.xenforeignmemory_map.restype = ctypes.c_void_p
+    lib.xenforeignmemory_map.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                         ctypes.c_size_t, ctypes.POINTER(ctypes.c_ulong),
+                                         ctypes.POINTER(ctypes.c_int)]
+    lib.xenforeignmemory_unmap.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    lib.xenforeignmemory_close.argtypes = [ctypes.c_void_p]
+    handle = lib.xenforeignmemory_open(None, 0)
+    if not handle:
+        raise OSError(ctypes.get_errno(), "xenforeignmemory_open")
+    frames, errs = (ctypes.c_ulong * 1)(frame), (ctypes.c_int * 1)()
+    addr = lib.xenforeignmemory_map(handle, domid, 3, 1, frames, errs)   # PROT_READ|WRITE
+    if not addr or errs[0]:
+        err = ctypes.get_errno() or -errs[0]
+        lib.xenforeignmemory_close(handle)
+        raise OSError(err, f"mapping frame {frame:#x} of domain {domid}")
+
+    def unmap() -> None:
+        lib.xenforeignmemory_unmap(handle, addr, 1)
+        lib.xenforeignmemory_close(handle)
+    return (ctypes.c_ubyte * 4096).from_address(addr), unmap
+
+
+def paused_domain_target(socket_path: str, domid: int) -> Target:
+    """Real Xen: speak as domain `domid` through its own XenStore ring. The domain must be
+    created paused (`xl create -p`), so that its kernel never touches the ring; dom0 maps
+    the ring page (store/ring-ref) and relays a local socket onto it. On failure the domain
+    cases SKIP, saying why."""
+    from mwcomms.xen._xsring import RingRelay
+    priv = _client_factory(socket_path)
+    target = Target(priv=priv, socket_path=socket_path)
+    try:
+        p = priv()
+        try:
+            if not p.is_domain_introduced(domid):
+                raise OSError(errno.ENOENT, f"domain {domid} is not introduced")
+            frame = int(p.read(f"/local/domain/{domid}/store/ring-ref".encode()))
+        finally:
+            p.close()
+        page, unmap = _map_foreign_page(domid, frame)
+        poke = socket_poker(socket_path)
+        path = f"/tmp/xsconform-dom{domid}-{os.getpid()}.sock"
+        relay = RingRelay(page, path, poke)
+    except (OSError, ValueError, pyxs.PyXSError) as exc:
+        target.no_domain = f"--paused-domain {domid} unusable: {exc}"
+        return target
+
+    def cleanup() -> None:
+        relay.close()
+        poke.close()
+        unmap()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    target.domain, target.domid, target.cleanup = _client_factory(path), domid, cleanup
+    return target
+
+
 def is_sim(socket_path: str) -> bool:
     """The sim daemon keeps its per-domain sockets in domain/ beside the main socket."""
     return os.path.isdir(os.path.join(os.path.dirname(socket_path), "domain"))
@@ -1253,6 +1341,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--sim", action="store_true", help="start a private sim xenstored")
     ap.add_argument("--domain-socket", help="a socket that speaks as domain --domid (real Xen)")
     ap.add_argument("--domid", type=int, help="the domain behind --domain-socket")
+    ap.add_argument("--paused-domain", type=int, metavar="N",
+                    help="real Xen, dom0: act as domain N (created with xl create -p) "
+                         "through its own XenStore ring")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("cases", nargs="*", help="run only these cases")
     args = ap.parse_args(argv)
@@ -1264,6 +1355,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown cases: {' '.join(unknown)}")
     if bool(args.domain_socket) != (args.domid is not None):
         ap.error("--domain-socket and --domid go together")
+    if args.domain_socket and args.paused_domain is not None:
+        ap.error("--paused-domain or --domain-socket, not both")
 
     daemon = None
     if args.sim:
@@ -1277,7 +1370,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"XSCONF FAIL setup: no socket at {socket_path}", flush=True)
             print("XSCONF RESULT: 0 passed, 1 failed, 0 skipped", flush=True)
             return 1
-        if is_sim(socket_path) and not args.domain_socket:
+        if args.paused_domain is not None:
+            target = paused_domain_target(socket_path, args.paused_domain)
+        elif is_sim(socket_path) and not args.domain_socket:
             target = sim_target(socket_path)
         else:
             target = Target(priv=_client_factory(socket_path), socket_path=socket_path)

@@ -31,8 +31,8 @@ def client(path):
 
 def raw_sock(path, timeout=2.0):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     s.connect(path)
+    s.settimeout(timeout)
     return s
 
 
@@ -514,7 +514,7 @@ def test_store_invariants_hold_under_random_requests():
 
 
 def test_introduce_without_room_for_the_socket_is_refused_cleanly():
-    d = "/tmp/" + "d" * (96 - len("/tmp/"))        # <dir>/socket fits, <dir>/domain/N.sock not
+    d = f"/tmp/{os.getpid()}".ljust(96, "d")    # <dir>/socket fits, <dir>/domain/N.sock not
     os.makedirs(d, exist_ok=True)
     try:
         with xenstored.running(d) as xs, client(xs.socket_path) as c:

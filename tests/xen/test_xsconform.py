@@ -21,6 +21,7 @@ import pytest
 
 from mwcomms.tools import xsconform
 from mwcomms.xen import xenstored
+from mwcomms.xen._xsring import RingRelay
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_without_domain_connection_domain_cases_skip(tmp_path):
         results = xsconform.run(target, ["dom-chown-eperm", "watch-introduce-release",
                                          "rw-roundtrip"], out=out.append)
     assert [r.status for r in results] == ["SKIP", "SKIP", "PASS"]
-    assert out[0].startswith("XSCONF SKIP dom-chown-eperm: no unprivileged domain")
+    assert out[0].startswith("XSCONF SKIP dom-chown-eperm: no connection as an unprivileged")
     assert out[-1] == "XSCONF RESULT: 1 passed, 0 failed, 2 skipped"
 
 
@@ -175,141 +176,13 @@ def _real_root():
     return root
 
 
-class RingRelay:
-    """A guest's side of domain N's XenStore ring (the page xenstored maps through the fake
-    grant table), offered as a Unix socket: one client at a time; when it leaves, a
-    RESET_WATCHES through the ring gives the next client a clean connection."""
-
-    RING, REQ, RSP, IDX = 1024, 0, 1024, 2048
-    RESET_REQ = 0xFFFFFFF0
-
-    def __init__(self, d, domid):
-        with open(f"{d}/dom{domid}.ring", "wb") as f:
-            f.write(bytes(4096))
-        os.mkfifo(f"{d}/dom{domid}.kick")
-        self.kick = os.open(f"{d}/dom{domid}.kick", os.O_RDWR | os.O_NONBLOCK)
-        self.evtchn = os.open(f"{d}/evtchn", os.O_RDWR | os.O_NONBLOCK)
-        with open(f"{d}/dom{domid}.ring", "r+b") as f:
-            self.page = mmap.mmap(f.fileno(), 4096)
-        # The four ring indices, read and written as whole aligned words: struct would move
-        # them a byte at a time, and xenstored reading a torn index drops the connection.
-        self.indices = memoryview(self.page)[self.IDX:self.IDX + 16].cast("I")
-        self.sock_path = f"{d}/dom{domid}.sock"
-        self.lsock = socket.socket(socket.AF_UNIX)
-        self.lsock.bind(self.sock_path)
-        self.lsock.listen(4)
-        self.stop_r, self.stop_w = os.pipe()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _idx(self, n):
-        return self.indices[n]
-
-    def _set_idx(self, n, value):
-        self.indices[n] = value & 0xFFFFFFFF
-
-    def _notify(self):
-        try:
-            os.write(self.evtchn, b"e")
-        except BlockingIOError:
-            pass                            # a wake-up is pending already
-
-    def _push(self, data):
-        cons, prod = self._idx(0), self._idx(1)
-        n = min(len(data), self.RING - ((prod - cons) & 0xFFFFFFFF))
-        off = prod % self.RING
-        first = min(n, self.RING - off)
-        self.page[self.REQ + off:self.REQ + off + first] = data[:first]
-        self.page[self.REQ:self.REQ + n - first] = data[first:n]
-        if n:
-            self._set_idx(1, prod + n)      # data, then the index (x86 keeps store order)
-            self._notify()
-        return data[n:]
-
-    def _pull(self):
-        cons, prod = self._idx(2), self._idx(3)
-        n = (prod - cons) & 0xFFFFFFFF
-        if not n or n > self.RING:
-            return b""
-        off = cons % self.RING
-        first = min(n, self.RING - off)
-        out = (self.page[self.RSP + off:self.RSP + off + first]
-               + self.page[self.RSP:self.RSP + n - first])
-        self._set_idx(2, cons + n)
-        self._notify()
-        return out
-
-    def _wait(self, *fds):
-        r, _, _ = select.select([self.kick, self.stop_r, *fds], [], [], 0.05)
-        if self.kick in r:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self.kick, 4096)
-        return r
-
-    def _run(self):
-        while True:
-            r, _, _ = select.select([self.lsock, self.stop_r], [], [])
-            if self.stop_r in r:
-                return
-            client, _ = self.lsock.accept()
-            with client:
-                if not self._serve(client):
-                    return
-            self._reset()
-
-    def _serve(self, client):
-        pending = b""
-        while True:
-            r = self._wait(client)
-            if self.stop_r in r:
-                return False
-            if client in r:
-                try:
-                    data = client.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    return True
-                pending += data
-            if pending:
-                pending = self._push(pending)
-            out = self._pull()
-            if out:
-                try:
-                    client.sendall(out)
-                except OSError:
-                    return True
-
-    def _reset(self):
-        msg = struct.pack("=IIII", 21, self.RESET_REQ, 0, 1) + b"\0"
-        buf = b""
-        while True:
-            if msg:
-                msg = self._push(msg)
-            if self.stop_r in self._wait():
-                return
-            buf += self._pull()
-            while len(buf) >= 16:
-                mtype, req, _, length = struct.unpack_from("=IIII", buf)
-                if len(buf) < 16 + length:
-                    break
-                buf = buf[16 + length:]
-                if (mtype, req) == (21, self.RESET_REQ):
-                    return
-
-    def close(self):
-        os.write(self.stop_w, b"x")
-        self.thread.join(5)
-        self.lsock.close()
-        self.indices.release()
-
-
 class RealXenstored:
     """Debian's xenstored on a fake hypervisor, with domain 7 introduced behind a relay."""
 
     DOMID = 7
 
-    def __init__(self, root, build):
+    def __init__(self, root, build, poke=False):
+        self.poke, self.pokes = poke, []
         self.dir = tempfile.mkdtemp(prefix="xsr", dir="/tmp")
         d = self.dir
         with open(f"{d}/dom0.ring", "wb") as f:
@@ -342,8 +215,27 @@ class RealXenstored:
         return True
 
     def introduce(self, client, domid):
-        """The toolstack's INTRODUCE, with the domain's ring page and relay set up first."""
-        self.relays[domid] = RingRelay(self.dir, domid)
+        """The toolstack's INTRODUCE, with the domain's ring page and relay set up first.
+        The relay is woken through the fake event channel, or (poke=True, as on real Xen
+        with a paused domain) polls and pokes xenstored through its Unix socket."""
+        d = self.dir
+        with open(f"{d}/dom{domid}.ring", "wb") as f:
+            f.write(bytes(4096))
+        with open(f"{d}/dom{domid}.ring", "r+b") as f:
+            page = mmap.mmap(f.fileno(), 4096)
+        os.mkfifo(f"{d}/dom{domid}.kick")
+        kick = os.open(f"{d}/dom{domid}.kick", os.O_RDWR | os.O_NONBLOCK)
+        if self.poke:
+            notify, wake = xsconform.socket_poker(self.socket_path), None
+            self.pokes.append(notify)
+        else:
+            evtchn = os.open(f"{d}/evtchn", os.O_RDWR | os.O_NONBLOCK)
+
+            def notify():
+                with contextlib.suppress(BlockingIOError):
+                    os.write(evtchn, b"e")
+            wake = kick
+        self.relays[domid] = RingRelay(page, f"{d}/dom{domid}.sock", notify, wake)
         client.introduce_domain(domid, 0, 5)
         return self.relays[domid].sock_path
 
@@ -361,11 +253,13 @@ class RealXenstored:
                                 socket_path=self.socket_path, introduce=self.introduce)
 
     def close(self):
+        for relay in self.relays.values():
+            relay.close()
+        for poke in self.pokes:
+            poke.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
-        for relay in self.relays.values():
-            relay.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -381,9 +275,11 @@ def real_build(tmp_path_factory):
     return root, build
 
 
-@pytest.fixture(scope="module")
-def real(real_build):
-    daemon = RealXenstored(*real_build)
+@pytest.fixture(scope="module", params=["evtchn", "poke"])
+def real(real_build, request):
+    """Debian's xenstored with domain 7 behind a ring relay woken by the (fake) event
+    channel, or polling and poking xenstored as --paused-domain does on real Xen."""
+    daemon = RealXenstored(*real_build, poke=request.param == "poke")
     try:
         yield daemon, daemon.target()
     finally:
@@ -398,6 +294,15 @@ def test_case_on_debian_xenstored(real, name):
     assert result.status == "PASS", result.reason
 
 
+def test_paused_domain_that_cannot_be_used_skips_with_the_reason():
+    with xenstored.running() as xs:
+        target = xsconform.paused_domain_target(xs.socket_path, 5)
+        out = []
+        xsconform.run(target, ["dom-chown-eperm"], out=out.append)
+    assert out[0] == ("XSCONF SKIP dom-chown-eperm: --paused-domain 5 unusable: "
+                      "[Errno 2] domain 5 is not introduced")
+
+
 def wires_events_equal(real_wire, sim_wire):
     """Both connections received the same events so far (a GET_DOMAIN_PATH syncs them)."""
     return real_wire.call(10, b"0\0", 99998) == sim_wire.call(10, b"0\0", 99998)
@@ -408,8 +313,8 @@ class _Wire:
 
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(path)        # blocking: C xenstored's backlog is 1
         self.s.settimeout(5)
-        self.s.connect(path)
         self.buf = b""
 
     def call(self, mtype, payload, req_id, tx_id=0):
