@@ -78,7 +78,12 @@ class Config:
     build: str = os.path.join(TOP, "build", "realxen")   # images and logs of this work tree
     venv: str = os.path.join(TOP, ".venv")
     accel: str = os.environ.get("MW_REALXEN_ACCEL", "tcg")
-    cpu: str = "max,-smap"           # TCG + SMAP crashes dom0 in create_bounce_frame
+    # The guest CPU. Not "max": with QEMU 7.2's "-cpu max,-smap" the processes of the PV domU
+    # see their memory change under them (random segfaults, ld.so assertions, a byte gone
+    # from a string) within ~150 fork+exec; "Haswell-noTSX" ran 400 of them clean in each
+    # domain. It has no SMAP either, which TCG + Xen PV needs (dom0 dies in create_bounce_frame).
+    cpu: str = os.environ.get("MW_REALXEN_CPU", "Haswell-noTSX")
+    xen_extra: str = os.environ.get("MW_REALXEN_XEN_EXTRA", "")   # more Xen command line
     memory_mb: int = 1024
     smp: int = 2
     boot_timeout: float = 150.0      # QEMU start -> dom0 userspace
@@ -463,6 +468,18 @@ class _Libs:
         img.symlink("lib64/ld-linux-x86-64.so.2", "/lib/%s/ld-linux-x86-64.so.2" % MULTIARCH)
 
 
+def _add_sums(img, prefixes):
+    """/xent/sha256sums: the digests of the image's files under `prefixes`, for the integrity
+    step (busybox sha256sum -c): a page of the guest's page cache that a bad grant unmap or
+    a stray write changed shows up there."""
+    lines = []
+    for path, (kind, _, what) in sorted(img.entries.items()):
+        if kind == "file" and path.startswith(prefixes):
+            with open(what, "rb") as f:
+                lines.append("%s  /%s\n" % (hashlib.sha256(f.read()).hexdigest(), path))
+    img.data("xent/sha256sums", "".join(lines))
+
+
 def _base(img, init_src):
     img.file("init", init_src, 0o755)
     for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "root", "usr/bin", "usr/sbin"):
@@ -488,6 +505,7 @@ def build_domu_image(cfg, root, kver, manifest):
     for name, state in manifest.items():
         if state == "built":
             img.file("xent/bin/" + name, os.path.join(cfg.build, "bin", name), 0o755)
+    _add_sums(img, ("usr/", "lib/", "bin/", "xent/bin/"))
     out = os.path.join(cfg.build, "domu-initrd.cpio.gz")
     img.write(out, compress=True)
     return out
@@ -570,6 +588,8 @@ def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
     img.file("boot/vmlinux.gz", os.path.join(root, "boot", "vmlinux.gz"))
     img.file("boot/domu-initrd.cpio.gz", domu_initrd)
     img.file("etc/xen/xent-domu.cfg", os.path.join(GUEST, "domu.cfg"))
+    _add_sums(img, ("usr/bin/", "usr/lib/%s/" % MULTIARCH, "usr/lib/xen-", "lib/", "bin/", "xent/bin/",
+                    "usr/lib/python3/dist-packages/mwcomms/"))
     out = os.path.join(cfg.build, "dom0-initrd.cpio")
     size = img.write(out)   # uncompressed: QEMU loads it fast, dom0 skips a slow gunzip
     clock.log("dom0 initramfs %.0f MB in %d entries" % (size / 1e6, len(img.entries)))
@@ -580,7 +600,7 @@ def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
 
 def _qemu_cmd(cfg, xen, vmlinuz, initrd, steps):
     xen_cmdline = ("console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=2 "
-                   "loglvl=all guest_loglvl=all noreboot")
+                   "loglvl=all guest_loglvl=all noreboot " + cfg.xen_extra).strip()
     dom0_cmdline = "console=hvc0 earlyprintk=xen rdinit=/init loglevel=5"
     if steps:
         dom0_cmdline += " xent.steps=" + steps

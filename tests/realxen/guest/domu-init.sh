@@ -22,7 +22,7 @@ run_one() {   # $1 = n, $2 = command
 	rc=$?
 	echo "domU: cmd-$1 rc=$rc: $2"
 	sed "s/^/domU cmd-$1| /" /tmp/out-$1
-	xenstore-write data/xent/out-$1 "$(tail -c 1500 /tmp/out-$1)"
+	xenstore-write -R data/xent/out-$1 "$(tail -c 1500 /tmp/out-$1)"
 	xenstore-write data/xent/rc-$1 "$rc"
 }
 
