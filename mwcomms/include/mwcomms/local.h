@@ -71,6 +71,16 @@ struct mwl_hdr {
  * application may still hold the old one. */
 typedef uint64_t mwl_handle_t;
 
+struct mwl_hello {            /* MWL_HELLO, both ways */
+    uint32_t version;         /* MWL_VERSION */
+    uint32_t features;        /* answer: MWL_FEAT_*; request: 0 */
+};
+
+#define MWL_FEAT_IPV6 0x1u    /* negotiated with the INS now */
+#define MWL_FEAT_UDP 0x2u
+#define MWL_FEAT_DNS 0x4u
+#define MWL_FEAT_INS_UP 0x100u /* an INS is connected */
+
 struct mwl_req_socket {       /* MWL_SOCKET */
     int32_t family;           /* AF_INET, AF_INET6 */
     int32_t type;             /* SOCK_STREAM, SOCK_DGRAM (flags stripped) */
@@ -96,6 +106,8 @@ struct mwl_req_addr {         /* CONNECT, BIND */
                                * then (the request carries the application's fd as SCM_RIGHTS
                                * for that, which mwcommsd closes once done) */
 };
+
+/* IDENTIFY has no body: the header and one fd. */
 
 struct mwl_req_handle {       /* GETSOCKNAME, GETPEERNAME, CLOSE, STATUS, ACCEPT, LISTEN, SHUTDOWN */
     mwl_handle_t handle;
@@ -140,7 +152,7 @@ struct mwl_req_getaddrinfo {  /* node_len bytes of node then service_len bytes o
     uint16_t service_len;     /* 0: NULL */
     uint32_t pad;
 };
-/* GETADDRINFO response: hdr.ret = 0, then struct mw_rsp_gai-like status and the answer of
+/* GETADDRINFO and GETNAMEINFO response: hdr.ret = 0, then struct mwl_rsp_gai and the answer of
  * proto.h (struct mw_ai_answer, entries, canonical name). */
 struct mwl_rsp_gai {
     int32_t status;           /* 0 or EAI_* */
@@ -174,5 +186,11 @@ struct mwl_dgram {
 _Static_assert(sizeof(struct mwl_hdr) == 16, "local header");
 _Static_assert(sizeof(struct mwl_dgram) == 40, "datagram header");
 _Static_assert(sizeof(struct mwl_rsp_socket) == 48, "socket response");
+_Static_assert(sizeof(struct mwl_req_addr) == 48, "address request");
+_Static_assert(sizeof(struct mwl_req_handle) == 16, "handle request");
+_Static_assert(sizeof(struct mwl_req_sockopt) == 24, "sockopt request");
+_Static_assert(sizeof(struct mwl_req_getaddrinfo) == 24, "getaddrinfo request");
+_Static_assert(sizeof(struct mwl_req_getnameinfo) == 48, "getnameinfo request");
+_Static_assert(sizeof(struct mwl_rsp_gai) == 16, "resolver response");
 
 #endif /* MWCOMMS_LOCAL_H */
