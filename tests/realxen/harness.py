@@ -91,6 +91,7 @@ class Config:
     steps: str = ""                  # comma separated subset of STEP_NAMES ("" = all)
     ring_messages: int = 20000       # ring stress message count (TCG is ~100x slower than host)
     verbose: bool = False            # echo every console line, not only the XENT ones
+    echo_logs: bool = True           # echo XENT-LOG lines too (context of the results)
     log: object = None               # callable(str): progress lines (default: stderr)
 
 
@@ -103,6 +104,7 @@ class Result:
     finished: bool = False                        # the payload printed "XENT-BOOT done"
     exit_code: int = EXIT_SETUP
     summary: str = ""
+    context: dict = field(default_factory=dict)   # name -> the XENT-LOG lines just before it
     timings: dict = field(default_factory=dict)   # stage -> seconds
     serial_log: str = ""
 
@@ -670,7 +672,8 @@ def _boot_locked(cfg, clock, result, cmd, serial):
     qemu.wait()
     result.timings["qemu"] = time.monotonic() - t0
     for k, v in marks.items():
-        result.timings[k] = v
+        if not k.startswith("_"):
+            result.timings[k] = v
     result.booted = "dom0-userspace" in marks
     result.finished = "done" in marks
     clock.log("QEMU exited (rc=%s) after %.1f s; serial log %s" % (qemu.returncode, result.timings["qemu"], serial))
@@ -706,10 +709,16 @@ def _follow(cfg, clock, result, marks, line, now):
         result.status[name] = status
         result.reason[name] = why
         result.lines.append(line)
+        result.context[name] = marks.pop("_context", [])[-30:]
         if not cfg.verbose:
             clock.log(line)
         return None
-    if line.startswith("XENT ") or line.startswith("XENT-LOG "):
+    if line.startswith("XENT-LOG "):
+        marks.setdefault("_context", []).append(line[len("XENT-LOG "):])
+        if cfg.echo_logs and not cfg.verbose:
+            clock.log(line)
+        return None
+    if line.startswith("XENT "):   # malformed result line: shown, never counted
         if not cfg.verbose:
             clock.log(line)
         return None

@@ -30,16 +30,13 @@ def realxen(pytestconfig):
             print(line)
 
     out("")
-    cfg = harness.Config(log=out)
+    cfg = harness.Config(log=out, echo_logs=False)   # results live; their context on failure
     try:
         result = harness.run(cfg)
     except harness.NoQemu as e:
         out("realxen: SKIPPED: %s" % e)
         pytest.skip(str(e))
-    out("realxen: %s (exit %d); XENT lines:" % (result.summary.splitlines()[0] if result.summary else "",
-                                                 result.exit_code))
-    for line in result.lines:
-        out("    " + line)
+    out("realxen: exit %d: %s" % (result.exit_code, result.summary))
     return result
 
 
@@ -62,4 +59,5 @@ def test_realxen_step(realxen, step):
         pytest.fail("step %s printed no XENT line (%s)" % (step, realxen.summary))
     if status == "SKIP":
         pytest.skip("%s: %s" % (step, why))
-    assert status == "PASS", "%s: %s" % (step, why)
+    context = "\n".join(realxen.context.get(step, []))
+    assert status == "PASS", "%s: %s\n%s\n(whole console: %s)" % (step, why, context, realxen.serial_log)
