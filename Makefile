@@ -18,6 +18,9 @@ all: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py $(SRC)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# setuptools reuses build/ in the tree and would keep objects of sources that left the
+	@# extension: start its part of build/ afresh (build/realxen and others stay).
+	@rm -rf build/lib.* build/temp.* build/bdist.*
 	$(PY) -m pip install -q --disable-pip-version-check '.[test]'
 	@touch $@
 
