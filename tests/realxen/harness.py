@@ -23,6 +23,7 @@ Exit status of the CLI: 0 every step passed or skipped, 1 a step failed or gave 
 """
 import argparse
 import fcntl
+import glob
 import gzip
 import hashlib
 import importlib.util
@@ -278,7 +279,7 @@ def _derive(cfg, clock, root):
     os.unlink(elf)
 
     py = _python311(cfg)
-    stdlib = os.path.join(root, "usr", "lib", "python3.%d" % 11)
+    stdlib = os.path.join(root, "usr", "lib", "python3.11")
     if py:
         clock.log("precompiling the dom0 Python stdlib with %s" % py)
         # unchecked-hash: the .pyc is used without looking at the source's mtime
@@ -387,7 +388,6 @@ class Program:
     extra: tuple = ()              # glob patterns of further sources
 
     def sources(self):
-        import glob
         out = [os.path.join(TOP, self.main)]
         for pat in self.extra:
             out += sorted(p for p in glob.glob(os.path.join(TOP, pat)) if p not in out)
@@ -562,7 +562,12 @@ def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
     # the project's installed package and its runtime dependencies, from the venv
     site = os.path.join(cfg.venv, "lib", "python3.11", "site-packages")
     if not os.path.isdir(site):
-        raise SetupError("%s missing: run `make` first (the venv must be Python 3.11)" % site)
+        other = glob.glob(os.path.join(cfg.venv, "lib", "python3.*", "site-packages"))
+        if other:
+            raise SetupError("%s is a %s venv, dom0 runs Debian bookworm's Python 3.11: its "
+                             "extensions (cffi, mwcomms._native) would not load there"
+                             % (cfg.venv, other[0].split(os.sep)[-2]))
+        raise SetupError("%s missing: run `make` first" % site)
     dist = "usr/lib/python3/dist-packages"
     for pkg in VENV_PACKAGES:
         src = os.path.join(site, pkg)

@@ -143,6 +143,7 @@ class Domu:
         self.domid = None
         self.error = None      # why it could not be started, once tried
         self.detail = ""       # how the start went
+        self.ready = False     # its agent answered
         self.next = 0
 
     def path(self, rel):
@@ -157,6 +158,7 @@ class Domu:
         rc, out = sh(["xl", "domid", DOMU_NAME])
         self.domid = int(out.strip())
         hello = wait_for("domU agent hello in XenStore", lambda: xs_read(self.path("hello")), 120)
+        self.ready = True
         return "domid %d, xl create %.1f s, agent up %.1f s after it started; %s" % (
             self.domid, t_xl, time.monotonic() - t0, hello)
 
@@ -182,9 +184,9 @@ class Context:
 
     def need_domu(self):
         """The running domU, started on first use."""
-        if self.domu.domid is None:
-            if self.domu.error:
-                raise Fail("no domU: %s" % self.domu.error)
+        if self.domu.error:    # tried once already: the later steps fail fast
+            raise Fail("no domU: %s" % self.domu.error)
+        if not self.domu.ready:
             try:
                 self.domu.detail = self.domu.start()
             except Fail as e:
@@ -563,7 +565,7 @@ def main():
         except Exception as e:   # a bug in the step or in the code under test: still a result
             status, detail = "FAIL", "%s: %s" % (type(e).__name__, e)
         emit(status, name, "%s (%.1f s)" % (detail, time.monotonic() - t0))
-    if ctx.domu.domid is not None and "domu-shutdown" not in want:
+    if ctx.domu.domid is not None:   # still there when a step failed or shutdown was not run
         sh(["xl", "destroy", DOMU_NAME])
     print("XENT-BOOT steps-end dom0 uptime %.1f s" % uptime(), flush=True)
 
