@@ -18,10 +18,12 @@ all: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py $(SRC)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# setuptools reuses build/ in the tree and would keep objects of sources that left the
-	@# extension: start its part of build/ afresh (build/realxen and others stay).
-	@rm -rf build/lib.* build/temp.* build/bdist.*
-	$(PY) -m pip install -q --disable-pip-version-check '.[test]'
+	@# Build from a private copy of the tree: setuptools would otherwise reuse build/ here,
+	@# keeping objects of sources that left the extension, and two builds would share it.
+	@tmp=$$(mktemp -d /tmp/mwbuild.XXXXXX) && \
+	  tar --exclude=./.venv --exclude=./build --exclude=./.git -cf - . | tar -xf - -C $$tmp && \
+	  $(PY) -m pip install -q --disable-pip-version-check "$$tmp[test]"; \
+	  rc=$$?; rm -rf $$tmp; exit $$rc
 	@touch $@
 
 deps:

@@ -6,5 +6,7 @@
 #include "mwcomms/proto.h"
 #include "mwcomms/platform.h"
 #include "mwcomms/ring.h"
+#include "mwcomms/probe.h"
 #include "mwcomms/codec.h"
+#include "ins_engine.h"
 #endif
