@@ -8,5 +8,4 @@
 #include "mwcomms/ring.h"
 #include "mwcomms/probe.h"
 #include "mwcomms/codec.h"
-#include "ins_engine.h"
 #endif
