@@ -37,7 +37,7 @@ ffibuilder.set_source(
     "mwcomms._native",
     "#include \"mwcomms/native.h\"\n",
     sources=_sources,
-    include_dirs=[os.path.join("xen", "include")],
+    include_dirs=[os.path.join("xen", "include"), os.path.join("ins", "engine")],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-fvisibility=hidden"],
     libraries=["pthread"],

@@ -8,4 +8,5 @@
 #include "mwcomms/ring.h"
 #include "mwcomms/probe.h"
 #include "mwcomms/codec.h"
+#include "ins_engine.h"
 #endif
