@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"1. xenstored (the project's own) listening on {xs.socket_path}")
             tool = xenbus.connect_xenstore(xs.socket_path)
             for dom in (FRONT, INS):
-                tool.introduce_domain(dom, 1000 + dom, 10 + dom)
-                xenbus.write_txn(tool, {f"/local/domain/{dom}": ""},
-                                 perms={f"/local/domain/{dom}": [f"n{dom}"]})
+                xenbus.introduce(tool, dom)
             fp, bp = xenbus.attach(tool, FRONT, INS)
             print(f"2. toolstack: domains {FRONT} (protected) and {INS} (INS) introduced; device attached\n"
                   f"     {fp}\n     {bp}")

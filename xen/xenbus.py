@@ -28,7 +28,7 @@ import pyxs
 from ._xenbus_state import Act, XenbusState, backend_step, frontend_step, stale_start
 
 __all__ = [
-    "XenbusState", "front_path", "back_path", "attach", "detach", "connect_xenstore",
+    "XenbusState", "front_path", "back_path", "introduce", "attach", "detach", "connect_xenstore",
     "write_txn", "read_dir", "read_opt", "FrontendDriver", "BackendDriver", "HandshakeError",
 ]
 
@@ -132,6 +132,18 @@ def read_dir(client: pyxs.Client, path: str) -> dict[str, str]:
         if value is not None:
             out[name.decode()] = value.decode("ascii", "replace")
     return out
+
+
+def introduce(client: pyxs.Client, domid: int) -> str:
+    """Toolstack step of the sim backend, done by xl on real Xen when it builds a domain:
+    introduce domain `domid` to XenStore and give it its home, /local/domain/<domid>, owned by
+    it. (The ring page and event channel of INTRODUCE mean nothing to the sim xenstored.)
+    @return the home's path"""
+    home = f"/local/domain/{domid}"
+    client.introduce_domain(domid, 0xfefff - domid, 1)
+    write_txn(client, {home: "", f"{home}/domid": str(domid)},
+              perms={home: [f"n{domid}"], f"{home}/domid": [f"n{domid}"]})
+    return home
 
 
 def attach(client: pyxs.Client, front: int, ins: int, devid: int = 0) -> tuple[str, str]:

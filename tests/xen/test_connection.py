@@ -1,59 +1,30 @@
 """A whole connection on the sim backend: the handshake shares the area and binds the event
 channel, and afterwards both sides see the same pages and can kick each other."""
 import select
-import threading
+import time
 
 import pytest
 
-from mwcomms.xen import area, connection, xenbus, xenstored
-from mwcomms.xen.platform import Platform
+from mwcomms.xen import area, connection, xenbus
 from mwcomms.xen.xenbus import BackendDriver, FrontendDriver, XenbusState as S
 
 FRONT, INS = 1, 2
 
 
-@pytest.fixture
-def world(tmp_path):
-    with xenstored.running() as daemon:
-        clients = []
-
-        def client(path):
-            clients.append(xenbus.connect_xenstore(path))
-            return clients[-1]
-
-        tool = client(daemon.socket_path)
-        for dom in (FRONT, INS):
-            tool.introduce_domain(dom, 1000 + dom, 10 + dom)
-            xenbus.write_txn(tool, {f"/local/domain/{dom}": ""},
-                             perms={f"/local/domain/{dom}": [f"n{dom}"]})
-        fp, bp = xenbus.attach(tool, FRONT, INS)
-        simdir = str(tmp_path / "sim")
-        fplat = Platform("sim", sim_dir=simdir, domid=FRONT)
-        bplat = Platform("sim", sim_dir=simdir, domid=INS)
-        yield daemon, client, tool, fp, bp, fplat, bplat
-        for c in clients:
-            c.close()
-        fplat.close()
-        bplat.close()
-
-
-def start(driver):
-    stop = threading.Event()
-    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
-    t.start()
-    return stop, t
+def drivers(world, front, back):
+    fd = FrontendDriver(world.client(FRONT), world.fp, setup=front.setup,
+                        teardown=front.teardown, retry_delay=0.05)
+    bd = BackendDriver(world.client(INS), world.bp, advertise=back.advertise,
+                       connect=back.connect, teardown=back.teardown, retry_delay=0.05)
+    return fd, bd
 
 
 def test_handshake_shares_area_and_event_channel(world):
-    daemon, client, tool, fp, bp, fplat, bplat = world
     layout = area.AreaLayout(cmd_ring_pages=2, evq_pages=1, sock_slots=64, data_pages=300)
-    front = connection.FrontLink(fplat, INS, layout)
-    back = connection.BackLink(bplat, FRONT, connection.Limits(max_area_pages=4096))
-    fd = FrontendDriver(client(daemon.domain_socket(FRONT)), fp, setup=front.setup,
-                        teardown=front.teardown, retry_delay=0.05)
-    bd = BackendDriver(client(daemon.domain_socket(INS)), bp, advertise=back.advertise,
-                       connect=back.connect, teardown=back.teardown, retry_delay=0.05)
-    (sf, tf), (sb, tb) = start(fd), start(bd)
+    front = connection.FrontLink(world.platform(FRONT), INS, layout)
+    back = connection.BackLink(world.platform(INS), FRONT, connection.Limits(max_area_pages=4096))
+    fd, bd = drivers(world, front, back)
+    (sf, tf), (sb, tb) = world.run(fd), world.run(bd)
     try:
         assert fd.wait_for(S.CONNECTED, 10) and bd.wait_for(S.CONNECTED, 10)
         assert back.layout == layout and back.version == front.version == 1
@@ -80,21 +51,16 @@ def test_handshake_shares_area_and_event_channel(world):
 
 
 def test_ins_refuses_an_area_larger_than_its_limit(world):
-    daemon, client, tool, fp, bp, fplat, bplat = world
-    front = connection.FrontLink(fplat, INS, area.AreaLayout(data_pages=5000))
-    back = connection.BackLink(bplat, FRONT, connection.Limits(max_area_pages=1000))
-    fd = FrontendDriver(client(daemon.domain_socket(FRONT)), fp, setup=front.setup,
-                        teardown=front.teardown, retry_delay=0.05)
-    bd = BackendDriver(client(daemon.domain_socket(INS)), bp, advertise=back.advertise,
-                       connect=back.connect, teardown=back.teardown, retry_delay=0.05)
-    (sf, tf), (sb, tb) = start(fd), start(bd)
+    front = connection.FrontLink(world.platform(FRONT), INS, area.AreaLayout(data_pages=5000))
+    back = connection.BackLink(world.platform(INS), FRONT, connection.Limits(max_area_pages=1000))
+    fd, bd = drivers(world, front, back)
+    (sf, tf), (sb, tb) = world.run(fd), world.run(bd)
     try:
         # The frontend itself checks the INS's limits before sharing anything.
-        deadline = __import__("time").monotonic() + 10
-        while xenbus.read_opt(tool, f"{fp}/error") is None and \
-                __import__("time").monotonic() < deadline:
-            __import__("time").sleep(0.02)
-        assert b"exceeds the limit" in xenbus.read_opt(tool, f"{fp}/error")
+        deadline = time.monotonic() + 10
+        while xenbus.read_opt(world.tool, f"{world.fp}/error") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert b"exceeds the limit" in xenbus.read_opt(world.tool, f"{world.fp}/error")
         assert front.area is None and back.area is None
         assert fd.my_state() != S.CONNECTED
     finally:
@@ -113,8 +79,8 @@ def test_ins_refuses_an_area_larger_than_its_limit(world):
     ("ref-0", "-1", "grant reference"),
 ])
 def test_ins_refuses_hostile_frontend_keys(world, key, value, why):
-    daemon, client, tool, fp, bp, fplat, bplat = world
-    front = connection.FrontLink(fplat, INS, area.AreaLayout(data_pages=100))
+    bplat = world.platform(INS)
+    front = connection.FrontLink(world.platform(FRONT), INS, area.AreaLayout(data_pages=100))
     keys = front.setup(connection.BackLink(bplat, FRONT).advertise())
     try:
         keys[key] = value

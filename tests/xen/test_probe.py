@@ -4,52 +4,24 @@ import threading
 
 import pytest
 
-from mwcomms.xen import area, connection, probe, xenbus, xenstored
-from mwcomms.xen.platform import Platform
+from mwcomms.xen import area, connection, probe
 from mwcomms.xen.xenbus import BackendDriver, FrontendDriver, XenbusState as S
 
 FRONT, INS = 1, 2
 
 
 @pytest.fixture
-def links(tmp_path):
-    with xenstored.running() as daemon:
-        clients = []
-
-        def client(path):
-            clients.append(xenbus.connect_xenstore(path))
-            return clients[-1]
-
-        tool = client(daemon.socket_path)
-        for dom in (FRONT, INS):
-            tool.introduce_domain(dom, 1000 + dom, 10 + dom)
-            xenbus.write_txn(tool, {f"/local/domain/{dom}": ""},
-                             perms={f"/local/domain/{dom}": [f"n{dom}"]})
-        fp, bp = xenbus.attach(tool, FRONT, INS)
-        simdir = str(tmp_path / "sim")
-        fplat = Platform("sim", sim_dir=simdir, domid=FRONT)
-        bplat = Platform("sim", sim_dir=simdir, domid=INS)
-        front = connection.FrontLink(fplat, INS, area.AreaLayout(cmd_ring_pages=1, sock_slots=32,
-                                                                 data_pages=64))
-        back = connection.BackLink(bplat, FRONT)
-        fd = FrontendDriver(client(daemon.domain_socket(FRONT)), fp, setup=front.setup,
-                            teardown=front.teardown)
-        bd = BackendDriver(client(daemon.domain_socket(INS)), bp, advertise=back.advertise,
-                           connect=back.connect, teardown=back.teardown)
-        stops = [threading.Event(), threading.Event()]
-        threads = [threading.Thread(target=d.run, args=(s,), daemon=True)
-                   for d, s in zip((fd, bd), stops)]
-        for t in threads:
-            t.start()
-        assert fd.wait_for(S.CONNECTED, 10) and bd.wait_for(S.CONNECTED, 10)
-        yield front, back
-        for s, t in zip(stops, threads):
-            s.set()
-            t.join(10)
-        for c in clients:
-            c.close()
-        fplat.close()
-        bplat.close()
+def links(world):
+    front = connection.FrontLink(world.platform(FRONT), INS,
+                                 area.AreaLayout(cmd_ring_pages=1, sock_slots=32, data_pages=64))
+    back = connection.BackLink(world.platform(INS), FRONT)
+    fd = FrontendDriver(world.client(FRONT), world.fp, setup=front.setup, teardown=front.teardown)
+    bd = BackendDriver(world.client(INS), world.bp, advertise=back.advertise,
+                       connect=back.connect, teardown=back.teardown)
+    world.run(fd)
+    world.run(bd)
+    assert fd.wait_for(S.CONNECTED, 10) and bd.wait_for(S.CONNECTED, 10)
+    return front, back
 
 
 @pytest.mark.parametrize("spin_ns", [0, 20000])

@@ -33,9 +33,7 @@ def xs():
     with xenstored.running() as daemon:
         tool = connect(daemon.socket_path)
         for dom in (FRONT, INS):
-            tool.introduce_domain(dom, 1000 + dom, 10 + dom)
-            xenbus.write_txn(tool, {f"/local/domain/{dom}": ""},
-                             perms={f"/local/domain/{dom}": [f"n{dom}"]})
+            xenbus.introduce(tool, dom)
         yield daemon, tool
         while CLIENTS:
             CLIENTS.pop().close()
