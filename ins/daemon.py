@@ -1,0 +1,289 @@
+"""The INS daemon: one per INS domain, serving every frontend the toolstack attaches to it.
+
+    python -m mwcomms.ins.daemon --backend sim --sim-dir D --domid 2 --xenstore SOCKET [--log F]
+    python -m mwcomms.ins.daemon                 # on Xen: platform and domid found by itself
+
+It watches /local/domain/<ins>/backend/mwcomms/ for device directories (created by the
+toolstack's `xenbus.attach`), runs one BackendDriver with a BackLink per device, attaches the
+device's area and event channel to the C engine when the handshake connects and detaches them
+on teardown. The engine's loop runs in a thread of its own; a frontend the engine disconnects
+for a protocol violation gets the reason in its backend `error` key and is closed (Closing,
+Closed), after which the device advertises again for a fresh connection. SIGTERM and SIGINT
+close every device cleanly (Closing, Closed) and exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import queue
+import select
+import signal
+import sys
+import threading
+import time
+
+import pyxs
+
+from mwcomms.xen import connection, xenbus
+from mwcomms.xen.platform import Platform
+from mwcomms.xen.xenbus import BackendDriver, XenbusState
+
+from ._engine import Engine
+
+__all__ = ["InsDaemon", "main"]
+
+log = logging.getLogger("mwcomms.ins")
+
+
+class _Device:
+    """One frontend device: its BackLink, its BackendDriver (in a thread) and engine handle."""
+
+    def __init__(self, daemon: "InsDaemon", front: int, devid: int):
+        self.daemon = daemon
+        self.front, self.devid = front, devid
+        self.path = xenbus.back_path(daemon.domid, front, devid)
+        self.link = connection.BackLink(daemon.plat, front, daemon.limits)
+        self.client = daemon.xs_client()
+        try:
+            self.driver = BackendDriver(self.client, self.path, advertise=self.link.advertise,
+                                        connect=self._connect, teardown=self._teardown,
+                                        retry_delay=daemon.retry_delay)
+        except BaseException:
+            self.client.close()
+            raise
+        self.handle = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"ins-dev-{front}-{devid}",
+                                       daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.driver.run(self.stop, poll_timeout=0.2)
+        except Exception:
+            log.exception("device %s: handshake driver failed", self.path)
+
+    def _connect(self, keys: dict) -> None:
+        self.link.connect(keys)
+        try:
+            self.handle = self.daemon.engine.attach(self.link)
+        except BaseException:
+            self.link.teardown()
+            raise
+        log.info("device %s: frontend dom%d connected (engine handle %d, features %s)",
+                 self.path, self.front, self.handle, " ".join(self.link.features) or "-")
+
+    def _teardown(self) -> None:
+        if self.handle:
+            self.daemon.engine.detach(self.handle)
+            log.info("device %s: frontend dom%d detached", self.path, self.front)
+            self.handle = 0
+        self.link.teardown()
+
+    def kick_out(self, why: str) -> None:
+        """The engine found a violation: close the connection, then offer a fresh one."""
+        log.warning("device %s: frontend dom%d disconnected: %s", self.path, self.front, why)
+
+        def cycle():
+            self.driver.want = False            # rule 7: Closing, teardown, Closed
+            end = time.monotonic() + 10
+            while not self.stop.is_set() and time.monotonic() < end:
+                if self.handle == 0 and self.driver.my_state() in (
+                        XenbusState.CLOSED, XenbusState.UNKNOWN):
+                    break
+                time.sleep(0.05)
+            if not self.stop.is_set():
+                self.driver.want = True         # rule 1: advertise again
+
+        client = self.daemon.xs_client()
+        try:
+            xenbus.write_txn(client, {f"{self.path}/error": f"protocol violation: {why}"[:1000]},
+                             require=self.path)
+        except OSError:
+            pass
+        finally:
+            client.close()
+        threading.Thread(target=cycle, daemon=True).start()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(15)
+        if self.handle:                         # the driver could not leave cleanly
+            self._teardown()
+        self.client.close()
+
+
+class InsDaemon:
+    """The INS control plane (see the module docstring)."""
+
+    def __init__(self, plat: Platform, xs_path: str | None, domid: int, *,
+                 limits: connection.Limits | None = None, log_fd: int = -1,
+                 max_socks: int = 0, max_buf_bytes: int = 0, retry_delay: float = 1.0):
+        self.plat = plat
+        self.xs_path = xs_path
+        self.domid = domid
+        self.limits = limits or connection.Limits()
+        self.retry_delay = retry_delay
+        self.engine = Engine(log_fd=log_fd, max_socks=max_socks, max_buf_bytes=max_buf_bytes)
+        self.devices: dict[tuple[int, int], _Device] = {}
+        self.root = f"/local/domain/{domid}/backend/mwcomms"
+
+    def xs_client(self) -> pyxs.Client:
+        return xenbus.connect_xenstore(self.xs_path)
+
+    def _scan(self, client: pyxs.Client) -> set[tuple[int, int]]:
+        """The devices the toolstack has attached to this INS now."""
+        found = set()
+        try:
+            fronts = client.list(self.root.encode())
+        except pyxs.PyXSError:
+            return found
+        for f in fronts:
+            if not f.isdigit():
+                continue
+            try:
+                devs = client.list(f"{self.root}/{f.decode()}".encode())
+            except pyxs.PyXSError:
+                continue
+            found.update((int(f), int(d)) for d in devs if d.isdigit())
+        return found
+
+    def _sync(self, client: pyxs.Client) -> None:
+        now = self._scan(client)
+        for key in sorted(now - set(self.devices)):
+            try:
+                dev = _Device(self, *key)
+            except OSError as exc:               # e.g. `frontend` not written yet
+                log.debug("device %s: not ready: %s", key, exc)
+                continue
+            self.devices[key] = dev
+            dev.start()
+            log.info("device %s: watching", dev.path)
+        for key in sorted(set(self.devices) - now):
+            dev = self.devices.pop(key)
+            dev.close()
+            log.info("device %s: removed by the toolstack", dev.path)
+
+    def _violations(self) -> None:
+        for handle, why in self.engine.broken().items():
+            for dev in self.devices.values():
+                if dev.handle == handle:
+                    dev.kick_out(why)
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set, then close every device and the engine."""
+        self.engine.start()
+        client = self.xs_client()
+        monitor = pyxs.Monitor(copy.copy(client))   # as xenbus does: shares the connection
+        try:
+            monitor.watch(self.root.encode(), b"mwcomms-ins")
+            log.info("INS dom%d: serving %s", self.domid, self.root)
+            while not stop.is_set():
+                self._sync(client)
+                # watch events come through the monitor's queue; violations through the
+                # engine's fd; both are looked at at least every 0.2 s
+                if select.select([self.engine.notify_fd], [], [], 0)[0]:
+                    self._violations()
+                try:
+                    monitor.events.get(timeout=0.2)
+                    while True:
+                        monitor.events.get_nowait()
+                except queue.Empty:
+                    pass
+        finally:
+            try:
+                monitor.close()
+            except pyxs.PyXSError:
+                pass
+            for dev in self.devices.values():
+                dev.stop.set()
+            for dev in list(self.devices.values()):
+                dev.close()
+            self.devices.clear()
+            self.engine.close()
+            client.close()
+            log.info("INS dom%d: stopped", self.domid)
+
+
+def _xen_domid(xs_path: str | None) -> int:
+    client = xenbus.connect_xenstore(xs_path)
+    try:
+        return int(client.read(b"domid"))
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mwcomms.ins.daemon", description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", choices=("sim", "xen"), default=None)
+    ap.add_argument("--sim-dir", help="sim platform directory")
+    ap.add_argument("--domid", type=int, help="this INS's domain id (sim; on Xen read from "
+                                              "XenStore)")
+    ap.add_argument("--xenstore", help="XenStore socket (default: the platform's own)")
+    ap.add_argument("--log", help="log file (default: stderr)")
+    ap.add_argument("--max-socks", type=int, default=0, help="sockets per frontend")
+    ap.add_argument("--max-buf-mb", type=int, default=0, help="socket buffers per frontend, MiB")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    level = logging.DEBUG if args.verbose else logging.INFO
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    log_fd = -1
+    if args.log:
+        logging.basicConfig(filename=args.log, level=level, format=fmt)
+        log_fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    else:
+        logging.basicConfig(stream=sys.stderr, level=level, format=fmt)
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        if args.backend == "sim" or (args.backend is None and args.sim_dir):
+            if args.domid is None or not args.sim_dir:
+                ap.error("sim needs --sim-dir and --domid")
+            plat = Platform("sim", sim_dir=args.sim_dir, domid=args.domid)
+            domid = args.domid
+        else:
+            plat = Platform(args.backend)
+            domid = args.domid if args.domid is not None else _xen_domid(args.xenstore)
+    except OSError as exc:
+        log.error("platform: %s", exc)
+        return 1
+    try:
+        daemon = InsDaemon(plat, args.xenstore, domid, log_fd=log_fd,
+                           max_socks=args.max_socks, max_buf_bytes=args.max_buf_mb << 20)
+        failed = []
+
+        def serve():
+            try:
+                daemon.run(stop)
+            except Exception as exc:            # noqa: BLE001 - reported, then exit 1
+                log.exception("INS: %s", exc)
+                failed.append(exc)
+
+        runner = threading.Thread(target=serve, name="ins-control")
+        runner.start()
+        while runner.is_alive():
+            runner.join(0.5)                    # the main thread stays free for signals
+        if failed:
+            return 1
+    except OSError as exc:
+        log.error("INS: %s", exc)
+        return 1
+    finally:
+        plat.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
