@@ -79,10 +79,11 @@ class Config:
     build: str = os.path.join(TOP, "build", "realxen")   # images and logs of this work tree
     venv: str = os.path.join(TOP, ".venv")
     accel: str = os.environ.get("MW_REALXEN_ACCEL", "tcg")
-    # The guest CPU. Not "max": with QEMU 7.2's "-cpu max,-smap" the processes of the PV domU
-    # see their memory change under them (random segfaults, ld.so assertions, a byte gone
-    # from a string) within ~150 fork+exec; "Haswell-noTSX" ran 400 of them clean in each
-    # domain. It has no SMAP either, which TCG + Xen PV needs (dom0 dies in create_bounce_frame).
+    # The guest CPU. Not "max": under TCG "max" is an AMD CPU with SVM, and with SVM visible
+    # the processes of the PV domU see their memory change under them (random segfaults,
+    # ld.so assertions, a byte gone from a string) within ~150 fork+exec; "max,-smap,-svm"
+    # and "Haswell-noTSX" ran 300-400 of them clean in each domain. Haswell-noTSX has no SMAP
+    # either, which TCG + Xen PV needs (dom0 dies in create_bounce_frame).
     cpu: str = os.environ.get("MW_REALXEN_CPU", "Haswell-noTSX")
     xen_extra: str = os.environ.get("MW_REALXEN_XEN_EXTRA", "")   # more Xen command line
     memory_mb: int = 1024
