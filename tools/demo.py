@@ -52,7 +52,7 @@ def _side(args) -> int:
     thread = threading.Thread(target=driver.run, args=(stop,), daemon=True)
     thread.start()
     if not driver.wait_for(S.CONNECTED, 30):
-        print(f"  [{args.side:5}] did not connect: state {driver.my_state().name}", flush=True)
+        print(f"  [{args.side:5}] did not connect: state {driver.state.name}", flush=True)
         return 1
     kw = dict(nbytes=args.bytes, order=20, spin_ns=args.spin_ns, timeout_ms=20000)
     try:

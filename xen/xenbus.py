@@ -179,11 +179,13 @@ class _Driver:
     peer_key = "?"
 
     def __init__(self, client: pyxs.Client, path: str, *, retry_delay: float = 1.0):
+        """`client` belongs to this driver and the thread that runs it from now on."""
         self.client = client
         self.path = path
         self.retry_delay = retry_delay
         self.peer_path = self._read_peer_path()
         self.want = True
+        self.state = XenbusState.UNKNOWN   # this side's state as the driver last read or wrote it
         self._events: queue.Queue | None = None
         self._monitor = None
         self._last_error = ""
@@ -196,7 +198,8 @@ class _Driver:
         return raw.decode("ascii", "replace")
 
     def my_state(self) -> XenbusState:
-        return XenbusState.parse(read_opt(self.client, f"{self.path}/state"))
+        self.state = XenbusState.parse(read_opt(self.client, f"{self.path}/state"))
+        return self.state
 
     def peer_state(self) -> XenbusState:
         try:
@@ -216,6 +219,7 @@ class _Driver:
         remove = (f"{self.path}/error",) if extra is not None else ()
         if not write_txn(self.client, items, remove=remove, require=self.path):
             return False
+        self.state = state
         log.info("%s %s: state %s", self.role, self.path, state.name)
         return True
 
@@ -326,12 +330,15 @@ class _Driver:
         self.write_state(XenbusState.CLOSED)
 
     def wait_for(self, state: XenbusState, timeout: float) -> bool:
-        """Poll (for tests and tools) until this side reaches `state`."""
+        """Wait (from another thread: tests, tools) until this side's driver has seen or
+        written `state`. It reads the driver's record, not XenStore: a pyxs client must stay
+        with one thread (pyxs numbers requests with a global counter that is not atomic, so
+        two threads on one connection can get each other's replies)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.my_state() == state:
+            if self.state == state:
                 return True
-            time.sleep(0.02)
+            time.sleep(0.01)
         return False
 
 
@@ -471,7 +478,7 @@ def selftest(socket_path: str | None, front: int = 0, ins: int = 0, devid: int =
             time.sleep(0.3)
             t2, s2 = _start(second)
             ok = fd.wait_for(S.CONNECTED, timeout) and bd.wait_for(S.CONNECTED, timeout)
-            check(ok, f"connect-{order}", f"front={fd.my_state().name} back={bd.my_state().name}")
+            check(ok, f"connect-{order}", f"front={fd.state.name} back={bd.state.name}")
 
             # Restart of the backend: it goes Closing/Closed, the frontend follows and both
             # connect again once a new backend runs.
@@ -479,28 +486,28 @@ def selftest(socket_path: str | None, front: int = 0, ins: int = 0, devid: int =
             t_b = t2 if second is bd else t1
             s2_stop.set()
             t_b.join(timeout)
-            check(bd.my_state() == S.CLOSED, f"backend-leave-{order}", bd.my_state().name)
+            check(bd.state == S.CLOSED, f"backend-leave-{order}", bd.state.name)
             ok = fd.wait_for(S.CLOSED, timeout)
-            check(ok, f"frontend-follows-backend-down-{order}", fd.my_state().name)
+            check(ok, f"frontend-follows-backend-down-{order}", fd.state.name)
             bd2 = BackendDriver(client(), bp, **rec.back_ops(), retry_delay=0.1)
             tb2, sb2 = _start(bd2)
             ok = fd.wait_for(S.CONNECTED, timeout) and bd2.wait_for(S.CONNECTED, timeout)
             check(ok, f"reconnect-after-backend-restart-{order}",
-                  f"front={fd.my_state().name} back={bd2.my_state().name}")
+                  f"front={fd.state.name} back={bd2.state.name}")
 
             # Restart of the frontend.
             s_f = s1 if first is fd else s2
             t_f = t1 if first is fd else t2
             s_f.set()
             t_f.join(timeout)
-            check(fd.my_state() == S.CLOSED, f"frontend-leave-{order}", fd.my_state().name)
+            check(fd.state == S.CLOSED, f"frontend-leave-{order}", fd.state.name)
             ok = bd2.wait_for(S.INITWAIT, timeout)
-            check(ok, f"backend-follows-frontend-down-{order}", bd2.my_state().name)
+            check(ok, f"backend-follows-frontend-down-{order}", bd2.state.name)
             fd2 = FrontendDriver(client(), fp, **rec.front_ops(), retry_delay=0.1)
             tf2, sf2 = _start(fd2)
             ok = fd2.wait_for(S.CONNECTED, timeout) and bd2.wait_for(S.CONNECTED, timeout)
             check(ok, f"reconnect-after-frontend-restart-{order}",
-                  f"front={fd2.my_state().name} back={bd2.my_state().name}")
+                  f"front={fd2.state.name} back={bd2.state.name}")
             sf2.set(); sb2.set()
             tf2.join(timeout); tb2.join(timeout)
             check(rec.calls.count("connect") == 3, f"component-calls-{order}", str(rec.calls))

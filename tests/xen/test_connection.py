@@ -62,7 +62,7 @@ def test_ins_refuses_an_area_larger_than_its_limit(world):
             time.sleep(0.02)
         assert b"exceeds the limit" in xenbus.read_opt(world.tool, f"{world.fp}/error")
         assert front.area is None and back.area is None
-        assert fd.my_state() != S.CONNECTED
+        assert fd.state != S.CONNECTED
     finally:
         sf.set(); tf.join(10)
         sb.set(); tb.join(10)

@@ -85,7 +85,7 @@ def test_both_orders_connect_and_keys_are_exchanged(xs, first):
     a, b = (fd, bd) if first == "front" else (bd, fd)
     sa, ta = run(a)
     time.sleep(0.2)
-    assert fd.my_state() in (S.INITIALISING, S.UNKNOWN) or first == "back"
+    assert fd.state in (S.INITIALISING, S.UNKNOWN) or first == "back"
     sb, tb = run(b)
     assert fd.wait_for(S.CONNECTED, 10) and bd.wait_for(S.CONNECTED, 10)
     assert ("setup", "1") in comp.calls and ("connect", "42") in comp.calls
@@ -94,7 +94,7 @@ def test_both_orders_connect_and_keys_are_exchanged(xs, first):
     for s in (sa, sb):
         s.set()
     ta.join(10), tb.join(10)
-    assert fd.my_state() == S.CLOSED
+    assert fd.state == S.CLOSED
 
 
 def test_neither_side_can_write_the_others_keys(xs):
@@ -125,7 +125,7 @@ def test_backend_restart_reconnects(xs):
     assert fd.wait_for(S.CONNECTED, 10)
     sb.set(); tb.join(10)
     seen = fd.wait_for(S.CLOSED, 10)
-    assert seen, fd.my_state()
+    assert seen, fd.state
     assert ("front-teardown",) in comp.calls
     bd2 = BackendDriver(connect(daemon.domain_socket(INS)), bp,
                         retry_delay=0.05, **comp.back())
@@ -185,7 +185,7 @@ def test_failed_connect_is_reported_and_retried(xs):
     while xenbus.read_opt(tool, f"{bp}/error") is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert b"hostile frontend keys" in tool.read(f"{bp}/error".encode(), b"")
-    assert bd.my_state() != S.CONNECTED and fd.my_state() != S.CONNECTED
+    assert bd.state != S.CONNECTED and fd.state != S.CONNECTED
     comp.fail_connect = False  # the cause goes away: the next retry connects
     assert fd.wait_for(S.CONNECTED, 10) and bd.wait_for(S.CONNECTED, 10)
     assert xenbus.read_opt(tool, f"{bp}/error") is None
