@@ -48,6 +48,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mwcomms/local.h"
@@ -351,20 +352,26 @@ out:
  * MW_FD_UNKNOWN: never looked at (or closed since); the first socket call looks (mw_fd_lookup).
  * MW_FD_LOCAL:   not ours: every call goes straight to libc.
  * MW_FD_MW:      a forwarded socket: the socketpair end of mwcommsd's socket `handle`.
+ * MW_FD_CTL:     one of the shim's own control connections (LOCAL to everything else; a close
+ *                or dup2 over it makes its thread open a new one).
  *
- * Writers hold mw_fd_lock; readers copy an entry without it and trust `kind` only (a whole
- * byte, read atomically): the worst a stale copy does is one extra IDENTIFY. A forwarded entry
+ * `kind` is one byte, read and written atomically. Marking an fd LOCAL, CTL or UNKNOWN is that
+ * one store, without a lock, so that close(), read() and write() stay async-signal-safe on fds
+ * that are not forwarded sockets. A forwarded entry is written and copied whole under
+ * mw_fd_lock, its `kind` stored last: the worst a stale read does is one extra IDENTIFY. A forwarded entry
  * also records the inode of its socketpair end, checked before any call that would treat a
  * file as a socket, so that an fd closed behind the shim's back (fclose of an fdopen'd socket)
  * and reused for a file is never mistaken for the socket it replaced.
  */
-enum { MW_FD_UNKNOWN = 0, MW_FD_LOCAL = 1, MW_FD_MW = 2 };
+enum { MW_FD_UNKNOWN = 0, MW_FD_LOCAL = 1, MW_FD_MW = 2, MW_FD_CTL = 3 };
 
 struct mw_fd {
     uint8_t kind;          /* MW_FD_* */
     uint8_t type;          /* SOCK_STREAM or SOCK_DGRAM */
     uint8_t listening;     /* listen() succeeded: readable means a token is queued */
     uint8_t connected;     /* datagram: connect() set a peer; stream: connect() issued */
+    uint8_t identified;    /* learnt by IDENTIFY (inherited across exec): state unknown */
+    uint8_t pad[3];
     int32_t family;        /* AF_INET or AF_INET6 */
     mwl_handle_t handle;   /* mwcommsd's name of the socket */
     uint64_t ino;          /* inode of the socketpair end (st_ino) */
@@ -406,20 +413,42 @@ static inline uint8_t mw_fd_kind(int fd)
     return __atomic_load_n(&mw_fds[fd].kind, __ATOMIC_ACQUIRE);
 }
 
-static void mw_fd_set(int fd, const struct mw_fd *e)
+/* Not a forwarded socket: straight to libc. */
+static inline bool mw_fd_passthrough(int fd)
 {
-    if (!mw_fd_in_table(fd))
-        return;
-    pthread_mutex_lock(&mw_fd_lock);
-    mw_fds[fd] = *e;
-    pthread_mutex_unlock(&mw_fd_lock);
+    uint8_t k = mw_fd_kind(fd);
+
+    return k == MW_FD_LOCAL || k == MW_FD_CTL;
 }
 
 static void mw_fd_set_kind(int fd, uint8_t kind)
 {
-    struct mw_fd e = { .kind = kind };
+    if (mw_fd_in_table(fd))
+        __atomic_store_n(&mw_fds[fd].kind, kind, __ATOMIC_RELEASE);
+}
 
-    mw_fd_set(fd, &e);
+static void mw_fd_set(int fd, const struct mw_fd *e)
+{
+    struct mw_fd *d;
+
+    if (!mw_fd_in_table(fd))
+        return;
+    if (e->kind != MW_FD_MW) {
+        mw_fd_set_kind(fd, e->kind);
+        return;
+    }
+    d = &mw_fds[fd];
+    pthread_mutex_lock(&mw_fd_lock);
+    d->type = e->type;
+    d->listening = e->listening;
+    d->connected = e->connected;
+    d->identified = e->identified;
+    d->family = e->family;
+    d->handle = e->handle;
+    d->ino = e->ino;
+    /* the fields /then/ the kind that makes readers trust them */
+    __atomic_store_n(&d->kind, MW_FD_MW, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&mw_fd_lock);
 }
 
 static void mw_fd_copy(int from, int to)
@@ -428,6 +457,8 @@ static void mw_fd_copy(int from, int to)
         return;
     pthread_mutex_lock(&mw_fd_lock);
     mw_fds[to] = mw_fds[from];
+    if (mw_fds[to].kind == MW_FD_CTL)
+        mw_fds[to].kind = MW_FD_LOCAL;     /* a copy of a control connection is not one */
     pthread_mutex_unlock(&mw_fd_lock);
 }
 
@@ -607,7 +638,7 @@ static struct mw_ctl *mw_ctl_get(bool quiet)
         errno = ENETDOWN;
         return NULL;
     }
-    mw_fd_set_kind(fd, MW_FD_LOCAL);
+    mw_fd_set_kind(fd, MW_FD_CTL);
     pthread_mutex_lock(&mw_ctl_lock);
     c->fd = fd;
     pthread_mutex_unlock(&mw_ctl_lock);
@@ -957,7 +988,10 @@ static int mw_identify(int fd, struct mw_fd *e)
     e->type = rsp.type;
     e->handle = rsp.handle;
     e->ino = st.st_ino;
-    e->connected = rsp.peer.family != MW_AF_UNSPEC;
+    /* a datagram socket may have a peer: let its sends through (the INS decides); a stream
+     * socket's state is asked for at connect/accept (STATUS) */
+    e->connected = rsp.type == SOCK_DGRAM || rsp.peer.family != MW_AF_UNSPEC;
+    e->identified = 1;
     mw_fd_set(fd, e);
     errno = saved;
     return 0;
@@ -978,6 +1012,7 @@ static int mw_fd_lookup(int fd, struct mw_fd *e, bool check)
         return MW_FD_LOCAL;
     switch (mw_fd_kind(fd)) {
     case MW_FD_LOCAL:
+    case MW_FD_CTL:
         return MW_FD_LOCAL;
     case MW_FD_MW:
         pthread_mutex_lock(&mw_fd_lock);
@@ -1216,6 +1251,15 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
         mw_fd_update(fd, -1, req.addr.family != MW_AF_UNSPEC);
         return 0;
     }
+    if (e->identified && !e->connected) {
+        struct mwl_rsp_status st;
+
+        /* inherited across exec: never write filler into a connected stream */
+        ret = mw_status(e, &st);
+        if (ret < 0)
+            return mw_fail(ret);
+        e->connected = st.state != 0;
+    }
     if (e->connected) {
         /* a connect is pending or done: mwcommsd says which (EALREADY, EISCONN) */
         ret = mw_call_ret(&call);
@@ -1253,6 +1297,12 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
             return 0;
         if (st.state != MWL_ST_CONNECTING)
             return mw_fail(-ECONNABORTED);
+        /* writable a moment before mwcommsd records the state: let it */
+        {
+            struct timespec ts = { .tv_nsec = 1000000 };
+
+            nanosleep(&ts, NULL);
+        }
     }
 }
 
@@ -1556,9 +1606,12 @@ static int mw_shutdown(int fd, int how)
  */
 static int mw_close(int fd)
 {
-    if (mw_fd_kind(fd) != MW_FD_UNKNOWN)
+    uint8_t kind = mw_fd_kind(fd);
+
+    if (kind != MW_FD_UNKNOWN)
         mw_fd_set_kind(fd, MW_FD_UNKNOWN);
-    mw_ctl_fd_closing(fd);
+    if (kind == MW_FD_CTL)
+        mw_ctl_fd_closing(fd);
     return libc_close(fd);
 }
 
@@ -1590,7 +1643,7 @@ static int mw_dup3(int fd, int fd2, int flags, bool is_dup2)
 {
     int ret;
 
-    if (fd != fd2)
+    if (fd != fd2 && mw_fd_kind(fd2) == MW_FD_CTL)
         mw_ctl_fd_closing(fd2);
     ret = is_dup2 ? libc_dup2(fd, fd2) : libc_dup3(fd, fd2, flags);
     if (ret >= 0 && fd != fd2)
@@ -1614,7 +1667,7 @@ static int mw_ioctl(int fd, unsigned long req, void *arg)
     struct mw_call call = { .op = MWL_IOCTL, .req = &rq, .req_len = sizeof(rq), .send_fd = -1 };
     int ret;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_ioctl(fd, req, arg);
     switch (req) {
     case FIONREAD:
@@ -1793,7 +1846,7 @@ static ssize_t mw_sendmsg(int fd, const struct msghdr *m, int flags)
 {
     struct mw_fd e;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_sendmsg(fd, m, flags);
     if (e.type == SOCK_DGRAM)
         return mw_dgram_send(fd, &e, m, flags);
@@ -1831,7 +1884,7 @@ static ssize_t mw_recvmsg(int fd, struct msghdr *m, int flags)
     struct mw_fd e;
     ssize_t n;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, true) != MW_FD_MW) {
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW) {
         n = libc_recvmsg(fd, m, flags);
         if (n >= 0)
             mw_forget_received(m);
@@ -1847,7 +1900,7 @@ static ssize_t mw_sendto(int fd, const void *buf, size_t len, int flags, const s
     struct msghdr m = { .msg_name = (void *)sa, .msg_namelen = salen, .msg_iov = &iov,
                         .msg_iovlen = 1 };
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL)
+    if (mw_fd_passthrough(fd))
         return libc_sendto(fd, buf, len, flags, sa, salen);
     return mw_sendmsg(fd, &m, flags);
 }
@@ -1861,7 +1914,7 @@ static ssize_t mw_recvfrom(int fd, void *buf, size_t len, int flags, struct sock
     struct mw_fd e;
     ssize_t n;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_recvfrom(fd, buf, len, flags, sa, salen);
     if (sa == NULL)
         m.msg_namelen = 0;
@@ -1877,7 +1930,7 @@ static ssize_t mw_readv(int fd, const struct iovec *iov, int cnt)
     struct mw_fd e;
     ssize_t n;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, false) != MW_FD_MW)
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, false) != MW_FD_MW)
         return libc_readv(fd, iov, cnt);
     if (e.type == SOCK_DGRAM) {
         if (cnt < 0)
@@ -1901,7 +1954,7 @@ static ssize_t mw_read(int fd, void *buf, size_t len)
     struct iovec iov = { .iov_base = buf, .iov_len = len };
     ssize_t n;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL)
+    if (mw_fd_passthrough(fd))
         return libc_read(fd, buf, len);
     if (mw_fd_kind(fd) == MW_FD_MW) {
         struct mw_fd e;
@@ -1919,7 +1972,7 @@ static ssize_t mw_writev(int fd, const struct iovec *iov, int cnt)
     struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = cnt };
     struct mw_fd e;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, false) != MW_FD_MW ||
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, false) != MW_FD_MW ||
         e.type != SOCK_DGRAM)
         return libc_writev(fd, iov, cnt);
     if (cnt < 0)
@@ -1943,14 +1996,14 @@ static ssize_t mw_send(int fd, const void *buf, size_t len, int flags)
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
     struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL)
+    if (mw_fd_passthrough(fd))
         return libc_send(fd, buf, len, flags);
     return mw_sendmsg(fd, &m, flags);
 }
 
 static ssize_t mw_recv(int fd, void *buf, size_t len, int flags)
 {
-    if (mw_fd_kind(fd) == MW_FD_LOCAL)
+    if (mw_fd_passthrough(fd))
         return libc_recv(fd, buf, len, flags);
     return mw_recvfrom(fd, buf, len, flags, NULL, NULL);
 }
@@ -1960,7 +2013,7 @@ static int mw_sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
     struct mw_fd e;
     unsigned int i;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_sendmmsg(fd, v, n, flags);
     if (n > UIO_MAXIOV)
         n = UIO_MAXIOV;
@@ -1979,7 +2032,7 @@ static int mw_recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags, str
     struct mw_fd e;
     unsigned int i;
 
-    if (mw_fd_kind(fd) == MW_FD_LOCAL || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_recvmmsg(fd, v, n, flags, t);
     /* the timeout is checked after each datagram, as the kernel does */
     for (i = 0; i < n; i++) {

@@ -38,9 +38,9 @@ ST_CONNECTING, ST_CONNECTED, ST_LISTENING, ST_CLOSED = 1, 2, 3, 4
 
 @pytest.fixture(scope="session")
 def shim():
-    """Path of the installed tcp_ip_wrapper.so."""
+    """Path of the installed tcp_ip_wrapper.so (MWCOMMS_TEST_SHIM overrides, for development)."""
     from mwcomms import shim_path
-    return shim_path()
+    return os.environ.get("MWCOMMS_TEST_SHIM") or shim_path()
 
 
 @pytest.fixture(scope="session")
