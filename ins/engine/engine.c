@@ -400,13 +400,12 @@ static int pump_tx_dgram(struct ins_sock *s)
         msg.msg_iovlen = (size_t)niov;
         sent = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            s->tx.rec = 0;          /* peeked again next time */
-            s->tx_blocked = 1;
+            s->tx_blocked = 1;      /* the record stays: peeked again on EPOLLOUT */
             break;
         }
-        if (sent < 0)
-            s->dgram_err = -errno;
-        else
+        if (sent < 0 && errno == ECONNREFUSED)
+            s->so_error = -errno;   /* an earlier datagram's ICMP error, as recv() meets it */
+        else if (sent >= 0)
             fe->st.tx_bytes += (uint64_t)sent;
 skip:
         if (mw_bring_dgram_skip(&s->tx) < 0)
@@ -446,7 +445,7 @@ static int pump_rx_dgram(struct ins_sock *s)
         if (len < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
-            s->dgram_err = -errno;  /* e.g. ECONNREFUSED: kept for SO_ERROR */
+            s->so_error = -errno;  /* e.g. ECONNREFUSED: kept for SO_ERROR */
             continue;
         }
         rec = MW_DGRAM_RECORD(len);
@@ -470,7 +469,7 @@ static int pump_rx_dgram(struct ins_sock *s)
         if (len < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
-            s->dgram_err = -errno;
+            s->so_error = -errno;
             continue;
         }
         ins_sockaddr_from((struct sockaddr *)&ss, &from);
@@ -742,6 +741,7 @@ static int sock_connect_done(struct ins_sock *s)
         err = errno;
     s->connecting = 0;
     if (err) {
+        s->so_error = -err;
         mw_rsp_build(&rsp, s->connect_id, MW_CMD_CONNECT, s->slot, -err);
     } else {
         sl = sizeof(ss);
@@ -1103,10 +1103,10 @@ static int do_getsockopt(struct ins_front *fe, const struct mw_req *req)
         ret = -ENOPROTOOPT;
         goto out;
     }
-    if (b->level == SOL_SOCKET && b->name == SO_ERROR && s->dgram_err && len >= sizeof(int)) {
-        int err = -s->dgram_err;
+    if (b->level == SOL_SOCKET && b->name == SO_ERROR && s->so_error && len >= sizeof(int)) {
+        int err = -s->so_error;
 
-        s->dgram_err = 0;
+        s->so_error = 0;
         memcpy(val, &err, sizeof(err));
         len = sizeof(err);
         goto out;

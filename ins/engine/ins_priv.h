@@ -65,7 +65,9 @@ struct ins_sock {
     struct ins_accept *accepts, **accepts_tail;
     struct mw_bring tx;        /* INS end: consumer */
     struct mw_bring rx;        /* INS end: producer */
-    int32_t dgram_err;         /* a datagram error recv() took from the kernel, for SO_ERROR */
+    int32_t so_error;          /* an error the INS took from the kernel (a failed CONNECT's, a
+                                * datagram's ICMP error met by recv()): GETSOCKOPT(SO_ERROR)
+                                * reports it once, as the kernel would have */
     uint64_t kbuf;             /* SO_SNDBUF + SO_RCVBUF counted against the frontend */
 };
 

@@ -196,6 +196,9 @@ def test_errors_of_the_kernel_come_back_as_errno(fronts):
     port = closed.getsockname()[1]
     closed.close()
     assert connect(f, 0, (LOOP, port)).ret == -errno.ECONNREFUSED
+    so_error = [f.call(codec.GetSockOpt(0, 0, socket.SOL_SOCKET, socket.SO_ERROR, 4))
+                for _ in range(2)]                  # reported once, as the kernel does
+    assert [int.from_bytes(r.body.value, "little") for r in so_error] == [errno.ECONNREFUSED, 0]
     busy = listener()
     assert f.socket(1) == 0
     assert f.call(codec.Bind(0, 1, addr(*busy.getsockname()))).ret == -errno.EADDRINUSE
