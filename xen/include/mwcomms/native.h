@@ -9,4 +9,5 @@
 #include "mwcomms/probe.h"
 #include "mwcomms/codec.h"
 #include "ins_engine.h"
+#include "mwfront.h"
 #endif

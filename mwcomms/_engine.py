@@ -1,0 +1,129 @@
+"""mwcommsd's engine (mwcomms/engine/, C) for Python: create it, make it listen on the
+control socket, run its loop in a thread, attach and detach the INS connection, read its
+counters.
+
+    eng = Engine()
+    eng.listen("/run/mwcomms/control.sock")
+    eng.start()                         # the loop, in a thread of its own
+    eng.attach(link)                    # a FrontLink once the handshake is Connected
+    ...
+    eng.detach()                        # before link.teardown(): the engine lets go first
+    eng.close()                         # stops the loop, fails every socket
+
+Negative errnos from C become OSError in `_check` only.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from mwcomms._native import ffi, lib
+
+__all__ = ["Engine", "feature_bits"]
+
+_FEATURES = {"ipv6": lib.MWL_FEAT_IPV6, "udp": lib.MWL_FEAT_UDP, "dns": lib.MWL_FEAT_DNS}
+_STATS = ("sockets", "sockets_total", "bytes_tx", "bytes_rx", "calls", "call_errors", "clients",
+          "clients_dropped", "ins_requests", "attaches", "violations", "dgrams_dropped")
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
+    return rc
+
+
+def feature_bits(features) -> int:
+    """MWL_FEAT_* of negotiated feature names (unknown names are ignored)."""
+    bits = 0
+    for name in features:
+        bits |= _FEATURES.get(name, 0)
+    return bits
+
+
+class Engine:
+    """One mwcommsd engine. stream_order / dgram_order: log2 of each byte ring of a stream /
+    datagram socket (0: the defaults, 16 and 17); accept_max: ACCEPTs pre-posted per listener."""
+
+    def __init__(self, *, stream_order: int = 0, dgram_order: int = 0, accept_max: int = 0,
+                 max_sockets: int = 0):
+        cfg = ffi.new("struct mwfe_config *")
+        cfg.stream_order, cfg.dgram_order = stream_order, dgram_order
+        cfg.accept_max, cfg.max_sockets = accept_max, max_sockets
+        out = ffi.new("struct mwfe **")
+        _check(lib.mwfe_create(cfg, out), "mwcommsd engine")
+        self._ptr = out[0]
+        self._thread: threading.Thread | None = None
+        self._result = 0
+        self._link = None            # keeps the area and event channel alive while attached
+
+    def listen(self, path: str) -> None:
+        _check(lib.mwfe_listen(self._ptr, os.fsencode(path)), f"control socket {path}")
+
+    @property
+    def link_fd(self) -> int:
+        """Readable when the engine detached itself after a protocol violation (see link())."""
+        return lib.mwfe_link_fd(self._ptr)
+
+    def attach(self, link) -> None:
+        """Attach a connected FrontLink (its area, layout, event channel, port, features)."""
+        layout = link.layout
+        geom = ffi.new("struct mw_area_geom *")
+        geom.cmd_pages, geom.evq_pages = layout.cmd_ring_pages, layout.evq_pages
+        geom.sock_slots, geom.data_pages = layout.sock_slots, layout.data_pages
+        area = link.area
+        _check(lib.mwfe_attach(self._ptr, ffi.cast("void *", area.address), area.npages * 4096,
+                               geom, link.evtchn._live(), link.port,
+                               feature_bits(link.features)), "attach INS")
+        self._link = link
+
+    def detach(self) -> None:
+        """Fail every socket; the engine no longer touches the area afterwards."""
+        _check(lib.mwfe_detach(self._ptr), "detach INS")
+        self._link = None
+
+    def link(self) -> tuple[int, str]:
+        """(1 attached | 0 detached | -EPROTO detached by a violation, the violation's reason);
+        drains link_fd."""
+        try:
+            os.read(self.link_fd, 8)
+        except BlockingIOError:
+            pass
+        why = ffi.new("char[]", 200)
+        state = lib.mwfe_link(self._ptr, why, 200)
+        return state, ffi.string(why).decode("utf-8", "replace")
+
+    def stats(self) -> dict[str, int]:
+        st = ffi.new("struct mwfe_stats *")
+        lib.mwfe_stats(self._ptr, st)
+        return {name: getattr(st, name) for name in _STATS}
+
+    def _run(self) -> None:
+        self._result = lib.mwfe_run(self._ptr)      # cffi releases the GIL
+
+    def start(self) -> None:
+        """Run the loop in a thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mwcommsd-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and wait for its thread."""
+        if self._thread is not None:
+            lib.mwfe_stop(self._ptr)
+            self._thread.join()
+            self._thread = None
+            _check(self._result, "mwcommsd engine loop")
+
+    def close(self) -> None:
+        if self._ptr is None:
+            return
+        self.stop()
+        lib.mwfe_destroy(self._ptr)
+        self._ptr = None
+        self._link = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

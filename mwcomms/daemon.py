@@ -1,0 +1,220 @@
+"""mwcommsd: the frontend driver of a protected domain.
+
+    python -m mwcomms.daemon --backend sim --sim-dir D --domid 1 --ins-domid 2 \\
+        --xenstore SOCKET --socket CONTROL_PATH [--log F]
+
+It listens on the control socket for the shims of the domain's applications (the local
+protocol, docs/local-protocol.md) and serves them with its C engine (mwcomms/engine/), whose
+loop runs in a thread of its own. It drives the frontend side of the XenStore handshake of
+device /local/domain/<domid>/device/mwcomms/<devid> (created by the toolstack, `mwctl
+attach`): a FrontendDriver with a FrontLink shares the area and allocates the event channel;
+once the INS is Connected the engine is attached; when the INS leaves (or breaks the protocol:
+the engine detaches itself and the reason goes to the `error` key) the engine is detached,
+which fails every forwarded socket, and the driver sets up again for the next INS.
+SIGTERM and SIGINT leave cleanly (Closing, Closed) and exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import select
+import signal
+import sys
+import threading
+import time
+
+from mwcomms.xen import area, connection, xenbus
+from mwcomms.xen.platform import Platform
+from mwcomms.xen.xenbus import FrontendDriver, XenbusState
+
+from ._engine import Engine
+
+__all__ = ["FrontendDaemon", "main"]
+
+log = logging.getLogger("mwcomms.daemon")
+
+DEFAULT_LAYOUT = area.AreaLayout(cmd_ring_pages=4, evq_pages=4, sock_slots=1024, data_pages=8192)
+
+
+class FrontendDaemon:
+    """mwcommsd's control plane (see the module docstring)."""
+
+    def __init__(self, plat: Platform, xs_path: str | None, domid: int, ins_domid: int,
+                 socket_path: str, *, devid: int = 0, layout: area.AreaLayout = DEFAULT_LAYOUT,
+                 engine: Engine | None = None, retry_delay: float = 1.0):
+        self.plat = plat
+        self.xs_path = xs_path
+        self.domid, self.ins_domid, self.devid = domid, ins_domid, devid
+        self.path = xenbus.front_path(domid, devid)
+        self.socket_path = socket_path
+        self.retry_delay = retry_delay
+        self.link = connection.FrontLink(plat, ins_domid, layout)
+        self.engine = engine or Engine()
+        self.attached = False
+        self.driver: FrontendDriver | None = None
+
+    # -- handshake callbacks (run in the driver's thread) -----------------------------------
+    def _setup(self, keys: dict) -> dict:
+        return self.link.setup(keys)
+
+    def _connected(self) -> None:
+        try:
+            self.engine.attach(self.link)
+        except OSError as exc:
+            log.error("attach to the engine failed: %s", exc)
+            return
+        self.attached = True
+        log.info("INS dom%d connected (features %s): serving sockets", self.ins_domid,
+                 " ".join(self.link.features) or "-")
+
+    def _teardown(self) -> None:
+        if self.attached:
+            self.engine.detach()
+            self.attached = False
+            log.info("INS dom%d gone: every forwarded socket failed", self.ins_domid)
+        self.link.teardown()
+
+    # -- supervision ------------------------------------------------------------------------
+    def _make_driver(self, stop: threading.Event) -> FrontendDriver | None:
+        """Wait for the toolstack to create the device, then build its driver."""
+        while not stop.is_set():
+            client = xenbus.connect_xenstore(self.xs_path)
+            try:
+                return FrontendDriver(client, self.path, setup=self._setup,
+                                      teardown=self._teardown, connected=self._connected,
+                                      retry_delay=self.retry_delay)
+            except OSError as exc:
+                client.close()
+                if exc.errno != errno.ENOENT:
+                    raise
+            stop.wait(0.5)
+        return None
+
+    def _violation(self, why: str, stop: threading.Event) -> None:
+        """The engine detached itself: say why, close the connection, then set up again."""
+        log.warning("INS dom%d broke the protocol: %s", self.ins_domid, why)
+        self.attached = False
+        client = xenbus.connect_xenstore(self.xs_path)
+        try:
+            xenbus.write_txn(client, {f"{self.path}/error": f"protocol violation: {why}"[:1000]},
+                             require=self.path)
+        except OSError:
+            pass
+        finally:
+            client.close()
+        driver = self.driver
+        driver.want = False                      # rule 5: Closing, wait for the INS, Closed
+        end = time.monotonic() + 10
+        while not stop.is_set() and time.monotonic() < end:
+            if driver.my_state() in (XenbusState.CLOSED, XenbusState.UNKNOWN):
+                break
+            time.sleep(0.05)
+        driver.want = True                       # rule 2 sets up again for the next INS
+
+    def run(self, stop: threading.Event) -> None:
+        self.engine.listen(self.socket_path)
+        self.engine.start()
+        log.info("mwcommsd dom%d: control socket %s, INS dom%d", self.domid, self.socket_path,
+                 self.ins_domid)
+        try:
+            self.driver = self._make_driver(stop)
+            if self.driver is None:
+                return
+            drv_stop = threading.Event()
+            runner = threading.Thread(target=self.driver.run, args=(drv_stop,),
+                                      kwargs={"poll_timeout": 0.2}, name="mwcommsd-xenbus",
+                                      daemon=True)
+            runner.start()
+            try:
+                while not stop.is_set() and runner.is_alive():
+                    ready, _, _ = select.select([self.engine.link_fd], [], [], 0.2)
+                    if ready:
+                        state, why = self.engine.link()
+                        if state == -errno.EPROTO:
+                            self._violation(why, stop)
+            finally:
+                drv_stop.set()
+                runner.join(15)
+                if self.attached or self.link.area is not None:
+                    self._teardown()
+                self.driver.client.close()
+        finally:
+            self.engine.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mwcomms.daemon",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", choices=("sim", "xen"), default=None)
+    ap.add_argument("--sim-dir", help="sim platform directory")
+    ap.add_argument("--domid", type=int, required=True, help="this protected domain's id")
+    ap.add_argument("--ins-domid", type=int, required=True, help="the INS domain's id")
+    ap.add_argument("--devid", type=int, default=0)
+    ap.add_argument("--xenstore", help="XenStore socket (default: the platform's own)")
+    ap.add_argument("--socket", required=True, help="control socket path for the shims")
+    ap.add_argument("--log", help="log file (default: stderr)")
+    ap.add_argument("--data-pages", type=int, default=DEFAULT_LAYOUT.data_pages,
+                    help="pages of the data area (byte rings and out-of-line buffers)")
+    ap.add_argument("--sock-slots", type=int, default=DEFAULT_LAYOUT.sock_slots)
+    ap.add_argument("--ring-order", type=int, default=0,
+                    help="log2 of each byte ring of a stream socket (default 16)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    level = logging.DEBUG if args.verbose else logging.INFO
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    if args.log:
+        logging.basicConfig(filename=args.log, level=level, format=fmt)
+    else:
+        logging.basicConfig(stream=sys.stderr, level=level, format=fmt)
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        layout = area.AreaLayout(cmd_ring_pages=DEFAULT_LAYOUT.cmd_ring_pages,
+                                 evq_pages=DEFAULT_LAYOUT.evq_pages, sock_slots=args.sock_slots,
+                                 data_pages=args.data_pages).check()
+        if args.backend == "sim" or (args.backend is None and args.sim_dir):
+            if not args.sim_dir:
+                ap.error("sim needs --sim-dir")
+            plat = Platform("sim", sim_dir=args.sim_dir, domid=args.domid)
+        else:
+            plat = Platform(args.backend)
+    except OSError as exc:
+        log.error("platform: %s", exc)
+        return 1
+    try:
+        daemon = FrontendDaemon(plat, args.xenstore, args.domid, args.ins_domid, args.socket,
+                                devid=args.devid, layout=layout,
+                                engine=Engine(stream_order=args.ring_order))
+        failed = []
+
+        def serve():
+            try:
+                daemon.run(stop)
+            except Exception as exc:            # noqa: BLE001 - reported, then exit 1
+                log.exception("mwcommsd: %s", exc)
+                failed.append(exc)
+
+        runner = threading.Thread(target=serve, name="mwcommsd-control")
+        runner.start()
+        while runner.is_alive():
+            runner.join(0.5)                    # the main thread stays free for signals
+        if failed:
+            return 1
+    except OSError as exc:
+        log.error("mwcommsd: %s", exc)
+        return 1
+    finally:
+        plat.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""mwcommsd as a process, end to end on the sim backend: a sim XenStore, the toolstack's
+attach(front=1, ins=2), the INS daemon and mwcommsd started with `python -m`, and a test client
+in this process speaking the local protocol (docs/local-protocol.md) with struct and
+SCM_RIGHTS, as the shim does. Every byte goes app fd -> mwcommsd -> rings -> INS -> loopback
+and back. Loopback only."""
+import errno
+import hashlib
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mwcomms.xen import xenbus, xenstored
+
+FRONT, INS = 1, 2
+
+# local.h
+HELLO, SOCKET, IDENTIFY, CONNECT, BIND, LISTEN, ACCEPT = 1, 2, 3, 4, 5, 6, 7
+GETSOCKNAME, GETPEERNAME, GETSOCKOPT, SETSOCKOPT, SHUTDOWN, CLOSE = 8, 9, 10, 11, 12, 13
+GETADDRINFO, GETNAMEINFO, IOCTL, STATUS = 14, 15, 16, 17
+F_NONBLOCK = 1
+ST_CONNECTING, ST_CONNECTED, ST_LISTENING, ST_CLOSED = 1, 2, 3, 4
+HDR = struct.Struct("<IHHIi")
+DGRAM_HDR = 40
+
+
+def sockaddr(host: str, port: int) -> bytes:
+    """struct mw_sockaddr of an IPv4 address (port in network order)."""
+    return (struct.pack("<H", socket.AF_INET) + struct.pack(">HI", port, 0)
+            + socket.inet_aton(host) + bytes(12) + struct.pack("<II", 0, 0))
+
+
+def parse_sockaddr(b: bytes) -> tuple[int, str, int]:
+    fam = struct.unpack_from("<H", b)[0]
+    port = struct.unpack_from(">H", b, 2)[0]
+    host = socket.inet_ntoa(b[8:12]) if fam == socket.AF_INET else socket.inet_ntop(
+        socket.AF_INET6, b[8:24])
+    return fam, host, port
+
+
+class Local:
+    """A shim's control connection: one call at a time, fds by SCM_RIGHTS."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.s.settimeout(20)
+        self.s.connect(path)
+        self.seq = 0
+
+    def call(self, op, body=b"", flags=0, fd=None):
+        self.seq += 1
+        msg = HDR.pack(HDR.size + len(body), op, flags, self.seq, 0) + body
+        if fd is None:
+            self.s.send(msg)
+        else:
+            socket.send_fds(self.s, [msg], [fd])
+        data, fds, _, _ = socket.recv_fds(self.s, 65536, 2)
+        length, rop, _, seq, ret = HDR.unpack_from(data)
+        assert (length, rop, seq) == (len(data), op, self.seq)
+        return ret, data[HDR.size:], fds
+
+    def socket(self, family=socket.AF_INET, type=socket.SOCK_STREAM):
+        ret, body, fds = self.call(SOCKET, struct.pack("<iiiI", family, type, 0, 0))
+        if ret < 0:
+            raise OSError(-ret, os.strerror(-ret))
+        handle = struct.unpack_from("<Q", body)[0]
+        assert len(fds) == 1
+        return handle, socket.socket(fileno=fds[0])
+
+    def connect(self, handle, host, port, flags=0, filler=0, sndbuf=0, fd=None):
+        body = struct.pack("<Q", handle) + sockaddr(host, port) + struct.pack("<II", filler, sndbuf)
+        return self.call(CONNECT, body, flags, fd)[0]
+
+    def handle_call(self, op, handle, arg=0):
+        return self.call(op, struct.pack("<QiI", handle, arg, 0))
+
+    def status(self, handle):
+        ret, body, _ = self.handle_call(STATUS, handle)
+        assert ret == 0
+        return struct.unpack("<iI", body)
+
+    def close(self):
+        self.s.close()
+
+
+def _wait(cond, timeout=20, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _have_ins() -> bool:
+    try:
+        import mwcomms.ins.daemon  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+class World:
+    def __init__(self, xs, tool, tmp_path):
+        self.xs, self.tool, self.tmp = xs, tool, tmp_path
+        self.simdir = str(tmp_path / "sim")
+        self.control = str(tmp_path / "control.sock")
+        self.fp, self.bp = xenbus.attach(tool, FRONT, INS)
+        self.ins = self.mwd = None
+
+    def _spawn(self, args, log):
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        return subprocess.Popen([sys.executable, "-m", *args, "--log", log], env=env, cwd="/",
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def start_ins(self):
+        self.ins = self._spawn(["mwcomms.ins.daemon", "--backend", "sim", "--sim-dir",
+                                self.simdir, "--domid", str(INS), "--xenstore",
+                                self.xs.domain_socket(INS)], str(self.tmp / "ins.log"))
+
+    def start_mwcommsd(self):
+        self.mwd = self._spawn(["mwcomms.daemon", "--backend", "sim", "--sim-dir", self.simdir,
+                                "--domid", str(FRONT), "--ins-domid", str(INS), "--xenstore",
+                                self.xs.domain_socket(FRONT), "--socket", self.control],
+                               str(self.tmp / "mwcommsd.log"))
+        _wait(lambda: os.path.exists(self.control), what="control socket")
+
+    def state(self, path):
+        raw = xenbus.read_opt(self.tool, f"{path}/state")
+        return int(raw) if raw else 0
+
+    def wait_connected(self):
+        _wait(lambda: self.state(self.fp) == 4 and self.state(self.bp) == 4, 30,
+              f"Connected:\n{self.logs()}")
+        # the engine attaches right after the frontend writes Connected
+        _wait(lambda: self._ins_up(), 10, "engine attached")
+
+    def _ins_up(self):
+        c = Local(self.control)
+        try:
+            ret, body, _ = c.call(HELLO, struct.pack("<II", 1, 0))
+            return ret == 0 and struct.unpack("<II", body)[1] & 0x100
+        finally:
+            c.close()
+
+    def logs(self):
+        out = ""
+        for name in ("ins.log", "mwcommsd.log"):
+            p = self.tmp / name
+            if p.exists():
+                out += f"--- {name}\n" + p.read_text()[-4000:]
+        return out
+
+    def stop(self, proc, sig=signal.SIGTERM):
+        if proc and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                return proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
+        return proc.returncode if proc else None
+
+
+@pytest.fixture
+def world(tmp_path):
+    with xenstored.running() as xs:
+        tool = xenbus.connect_xenstore(xs.socket_path)
+        for dom in (FRONT, INS):
+            xenbus.introduce(tool, dom)
+        w = World(xs, tool, tmp_path)
+        try:
+            yield w
+        finally:
+            for p in (w.mwd, w.ins):
+                if p and p.poll() is None:
+                    p.kill()
+                    p.wait()
+            tool.close()
+
+
+@pytest.fixture
+def up(world):
+    if not _have_ins():
+        pytest.skip("the INS daemon (mwcomms.ins.daemon) is not installed")
+    world.start_ins()
+    world.start_mwcommsd()
+    world.wait_connected()
+    return world
+
+
+def _pump(sock: socket.socket, payload: bytes, peer: socket.socket) -> bytes:
+    """Send payload on sock while reading it on peer; return what peer read."""
+    sock.setblocking(False)
+    peer.setblocking(False)
+    got, off = bytearray(), 0
+    end = time.monotonic() + 60
+    while len(got) < len(payload) and time.monotonic() < end:
+        w = [sock] if off < len(payload) else []
+        r, wr, _ = select.select([peer], w, [], 1)
+        if wr:
+            try:
+                off += sock.send(payload[off:off + 65536])
+            except BlockingIOError:
+                pass
+        if r:
+            chunk = peer.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+    return bytes(got)
+
+
+def test_without_ins_answers_enetdown_and_exits_cleanly(world):
+    """mwcommsd alone: the control socket works, sockets fail closed with ENETDOWN, a client
+    sending garbage is dropped, SIGTERM exits 0."""
+    world.start_mwcommsd()
+    c = Local(world.control)
+    ret, body, _ = c.call(HELLO, struct.pack("<II", 1, 0))
+    assert ret == 0 and struct.unpack("<II", body) == (1, 0)
+    ret, _, fds = c.call(SOCKET, struct.pack("<iiiI", socket.AF_INET, socket.SOCK_STREAM, 0, 0))
+    assert ret == -errno.ENETDOWN and not fds
+    ret, _, _ = c.call(SOCKET, struct.pack("<iiiI", socket.AF_UNIX, socket.SOCK_STREAM, 0, 0))
+    assert ret == -errno.EAFNOSUPPORT
+    ret, _, _ = c.call(99)
+    assert ret == -errno.EOPNOTSUPP            # unknown op: answered, the client stays
+    ret, _, _ = c.handle_call(STATUS, 12345)
+    assert ret == -errno.EBADF                 # no such handle
+    bad = Local(world.control)
+    bad.s.send(b"\x01\x02garbage")            # shorter than a header
+    assert bad.s.recv(100) == b""              # dropped
+    bad2 = Local(world.control)
+    bad2.s.send(HDR.pack(999, HELLO, 0, 1, 0) + bytes(8))   # length field lies
+    assert bad2.s.recv(100) == b""
+    bad3 = Local(world.control)
+    r, w = os.pipe()
+    socket.send_fds(bad3.s, [HDR.pack(24, HELLO, 0, 1, 0) + bytes(8)], [r])  # fd where none
+    assert bad3.s.recv(100) == b""
+    os.close(r), os.close(w)
+    ret, _, _ = c.call(HELLO, struct.pack("<II", 1, 0))
+    assert ret == 0                            # the daemon is fine
+    c.close()
+    assert world.stop(world.mwd) == 0, world.logs()
+    assert not os.path.exists(world.control)
+
+
+def test_tcp_connect_and_data_both_ways(up):
+    lst = socket.create_server(("127.0.0.1", 0))
+    port = lst.getsockname()[1]
+    c = Local(up.control)
+    h, x = c.socket()
+    assert c.connect(h, "127.0.0.1", port) == 0
+    peer, _ = lst.accept()
+    assert c.status(h) == (0, ST_CONNECTED)
+    ret, body, _ = c.handle_call(GETPEERNAME, h)
+    assert ret == 0 and parse_sockaddr(body) == (socket.AF_INET, "127.0.0.1", port)
+    ret, body, _ = c.handle_call(GETSOCKNAME, h)
+    assert ret == 0 and parse_sockaddr(body)[2] == peer.getpeername()[1]
+
+    out = os.urandom(3 << 20)
+    got = _pump(x, out, peer)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(out).digest()
+    back = os.urandom(3 << 20)
+    got = _pump(peer, back, x)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(back).digest()
+
+    # half close by the app: the peer sees EOF, the other direction still works
+    assert c.handle_call(SHUTDOWN, h, socket.SHUT_WR)[0] == 0
+    x.shutdown(socket.SHUT_WR)
+    peer.setblocking(True)
+    peer.settimeout(10)
+    assert peer.recv(10) == b""
+    peer.sendall(b"after half close")
+    x.setblocking(True)
+    x.settimeout(10)
+    assert x.recv(100) == b"after half close"
+    peer.close()
+    assert x.recv(100) == b""                  # the peer's FIN
+    x.close()
+    c.close()
+
+
+def test_nonblocking_connect_filler(up):
+    """EINPROGRESS, then the app's fd becomes writable when the INS has connected; a refused
+    connect makes it writable too, with SO_ERROR = ECONNREFUSED."""
+    lst = socket.create_server(("127.0.0.1", 0))
+    port = lst.getsockname()[1]
+    c = Local(up.control)
+    for target, expect in ((port, 0), (None, errno.ECONNREFUSED)):
+        if target is None:
+            tmp = socket.create_server(("127.0.0.1", 0))
+            target = tmp.getsockname()[1]
+            tmp.close()                        # nothing listens there now
+        h, x = c.socket()
+        x.setblocking(False)
+        sndbuf = x.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        x.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        filler = 0
+        try:
+            while True:
+                filler += x.send(b"\0")
+        except BlockingIOError:
+            pass
+        assert 0 < filler < 4096
+        assert not select.select([], [x], [], 0)[1]      # unwritable now
+        assert c.connect(h, "127.0.0.1", target, F_NONBLOCK, filler, sndbuf,
+                         fd=x.fileno()) == -errno.EINPROGRESS
+        assert select.select([], [x], [], 10)[1], "never became writable"
+        ret, body, _ = c.call(GETSOCKOPT, struct.pack("<QiiII", h, socket.SOL_SOCKET,
+                                                       socket.SO_ERROR, 4, 0))
+        assert ret == 0
+        assert struct.unpack_from("<i", body, 8)[0] == expect
+        if expect == 0:
+            peer, _ = lst.accept()
+            assert x.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= sndbuf // 2
+            x.send(b"hello")
+            peer.settimeout(10)
+            assert peer.recv(10) == b"hello"    # the filler never reached the peer
+            peer.close()
+        x.close()
+    c.close()
+
+
+def test_listen_accept_with_tokens(up):
+    c = Local(up.control)
+    h, lx = c.socket()
+    body = struct.pack("<Q", h) + sockaddr("127.0.0.1", 0) + bytes(8)
+    assert c.call(BIND, body)[0] == 0
+    assert c.handle_call(LISTEN, h, 4)[0] == 0
+    ret, body, _ = c.handle_call(GETSOCKNAME, h)
+    port = parse_sockaddr(body)[2]
+    assert port
+    assert c.handle_call(ACCEPT, h)[0] == -errno.EAGAIN      # nothing yet
+    assert not select.select([lx], [], [], 0.2)[0]
+    peers = [socket.create_connection(("127.0.0.1", port), 10) for _ in range(3)]
+    for i, p in enumerate(peers):
+        assert select.select([lx], [], [], 10)[0], "listener never readable"
+        assert len(lx.recv(1)) == 1                           # one token
+        ret, body, fds = c.handle_call(ACCEPT, h)
+        assert ret == 0 and len(fds) == 1
+        nh = struct.unpack_from("<Q", body)[0]
+        fam, host, pport = parse_sockaddr(body[16:48])
+        assert (host, pport) == p.getsockname()
+        nx = socket.socket(fileno=fds[0])
+        p.sendall(b"ping %d" % i)
+        nx.settimeout(10)
+        assert nx.recv(100) == b"ping %d" % i
+        nx.sendall(b"pong %d" % i)
+        p.settimeout(10)
+        assert p.recv(100) == b"pong %d" % i
+        assert c.status(nh) == (0, ST_CONNECTED)
+        nx.close()
+        assert p.recv(10) == b""                              # closed through the INS
+        p.close()
+    assert c.status(h) == (0, ST_LISTENING)
+    lx.close()
+    c.close()
+
+
+def test_udp_datagrams(up):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(10)
+    port = srv.getsockname()[1]
+    c = Local(up.control)
+    h, x = c.socket(type=socket.SOCK_DGRAM)
+    assert x.type == socket.SOCK_SEQPACKET
+    for size in (1, 0, 1400, 60000):
+        payload = os.urandom(size)
+        x.send(sockaddr("127.0.0.1", port) + struct.pack("<II", 0, size) + payload)
+        data, src = srv.recvfrom(65536)
+        assert data == payload
+        srv.sendto(payload[::-1], src)
+        x.settimeout(10)
+        pkt = x.recv(70000)
+        fam, host, sport = parse_sockaddr(pkt[:32])
+        flags, length = struct.unpack_from("<II", pkt, 32)
+        assert (host, sport, flags, length) == ("127.0.0.1", port, 0, size)
+        assert pkt[DGRAM_HDR:] == payload[::-1]
+    x.close()
+    c.close()
+
+
+def test_getaddrinfo_localhost(up):
+    c = Local(up.control)
+    node = b"localhost"
+    body = struct.pack("<iiiiHHI", 0, socket.AF_INET, socket.SOCK_STREAM, 0, len(node), 0, 0)
+    ret, rsp, _ = c.call(GETADDRINFO, body + node)
+    assert ret == 0
+    status, sys_errno, length, _ = struct.unpack_from("<iiII", rsp)
+    assert status == 0 and length == len(rsp) - 16
+    count, canon_len = struct.unpack_from("<II", rsp, 16)
+    assert count >= 1
+    fam, stype, proto, _ = struct.unpack_from("<iiiI", rsp, 24)
+    assert (fam, stype) == (socket.AF_INET, socket.SOCK_STREAM)
+    assert parse_sockaddr(rsp[40:72])[1] == "127.0.0.1"
+    # a name that does not resolve: a resolver status, not a transport error
+    node = b"does-not-exist.invalid"
+    body = struct.pack("<iiiiHHI", 0, 0, 0, 0, len(node), 0, 0)
+    ret, rsp, _ = c.call(GETADDRINFO, body + node)
+    assert ret == 0 and struct.unpack_from("<i", rsp)[0] < 0
+    c.close()
+
+
+def test_ins_loss_fails_sockets_and_reconnects(up):
+    lst = socket.create_server(("127.0.0.1", 0))
+    c = Local(up.control)
+    h, x = c.socket()
+    assert c.connect(h, "127.0.0.1", lst.getsockname()[1]) == 0
+    peer, _ = lst.accept()
+    assert up.stop(up.ins) == 0, up.logs()
+    x.settimeout(10)
+    assert x.recv(10) == b""                               # EOF on the app's fd
+    err, state = c.status(h)
+    assert (err, state) == (-errno.ECONNRESET, ST_CLOSED)
+    with pytest.raises(OSError) as exc:
+        c.socket()
+    assert exc.value.errno == errno.ENETDOWN
+    up.start_ins()                                         # the INS comes back
+    up.wait_connected()
+    h2, x2 = c.socket()
+    assert c.connect(h2, "127.0.0.1", lst.getsockname()[1]) == 0
+    p2, _ = lst.accept()
+    x2.sendall(b"again")
+    p2.settimeout(10)
+    assert p2.recv(10) == b"again"
+    assert c.handle_call(GETPEERNAME, h)[0] == -errno.ENETDOWN   # the old one stays dead
+    x.close(), x2.close(), p2.close(), peer.close()
+    c.close()
+    assert up.stop(up.mwd) == 0, up.logs()
