@@ -320,3 +320,40 @@ def test_hostile_frontend_is_disconnected_alone(fronts, case, why):
     _still_serves(good)
     victim.close()
     lst.close()
+
+
+def test_full_rx_ring_stops_reading_the_socket(fronts):
+    f = fronts()
+    lst = listener()
+    assert connect(f, 0, lst.getsockname()).ret == 0
+    peer, _ = lst.accept()
+    blob = os.urandom(1 << 20)
+    t = threading.Thread(target=peer.sendall, args=(blob,))
+    t.start()
+    time.sleep(0.5)                  # the frontend reads nothing meanwhile
+    assert f.engine.stats(f.handle)["rx_bytes"] == 1 << 16    # the rx ring's size, no more
+    data, _, _ = f.read(0, want=len(blob), timeout=30)
+    assert data == blob
+    t.join(10)
+    peer.close()
+    lst.close()
+
+
+def test_frontends_do_not_see_each_others_sockets(fronts):
+    a, b = fronts(1), fronts(3)
+    lst = listener()
+    for f in (a, b):                 # the same slot number in both
+        assert connect(f, 0, lst.getsockname()).ret == 0
+    peers = [lst.accept()[0] for _ in range(2)]
+    by_port = {p.getpeername()[1]: p for p in peers}
+    for f, tag in ((a, b"from a"), (b, b"from b")):
+        port = f.call(codec.GetSockName(0, 0)).body.port
+        by_port[port].sendall(tag)
+        assert f.read(0, want=6)[0] == tag
+    assert a.call(codec.Close(0, 0)).ret == 0
+    data = b"b still works"
+    by_port[b.call(codec.GetSockName(0, 0)).body.port].sendall(data)
+    assert b.read(0, want=len(data))[0] == data
+    for p in peers:
+        p.close()
+    lst.close()
