@@ -185,6 +185,24 @@ static void tcp_cases(void)
     CHECK(getsockopt(c, SOL_SOCKET, SO_ERROR, &v, &len) == 0 && v == 0);
     close(c);
     OK("connect_refused");
+
+    /* the peer resets: read returns -1/ECONNRESET (the shim asks STATUS on reading 0) */
+    l = tcp_listener(&srv);
+    c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(connect(c, (struct sockaddr *)&srv, sizeof(srv)) == 0);
+    a = accept(l, NULL, NULL);
+    CHECK(a >= 0);
+    {
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+        CHECK(setsockopt(a, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+    }
+    CHECK(close(a) == 0);
+    CHECK(read(c, buf, sizeof(buf)) < 0 && errno == ECONNRESET);
+    CHECK(read(c, buf, sizeof(buf)) == 0);
+    close(c);
+    close(l);
+    OK("reset_read_econnreset");
 }
 
 static int udp_bound(struct sockaddr_in *bound)

@@ -112,6 +112,7 @@ class FSock:
         self.x_ino = os.fstat(x.fileno()).st_ino
         self.state = 0
         self.error = 0
+        self.closing = False
         self.queue = []          # listener: (FSock, peer)
         self.lock = threading.Lock()
 
@@ -224,8 +225,15 @@ class FakeMwcommsd:
                 except OSError:
                     d = b""
                 if not d:
+                    pl = select.poll()
+                    pl.register(s.p, select.POLLHUP)
                     try:
-                        s.real.shutdown(socket.SHUT_WR)
+                        if pl.poll(0):          # every copy of X closed: close (RST when
+                            s.closing = True    # the application set SO_LINGER 0)
+                            t_down.join()
+                            s.real.close()
+                        else:                   # shutdown(SHUT_WR) by the application
+                            s.real.shutdown(socket.SHUT_WR)
                     except OSError:
                         pass
                     return
@@ -236,6 +244,11 @@ class FakeMwcommsd:
 
         def down():                             # real -> P
             while True:
+                # never blocked in recv: close() must really close the socket
+                if not select.select([s.real], [], [], 0.05)[0]:
+                    if s.closing:
+                        return
+                    continue
                 try:
                     d = s.real.recv(65536)
                 except OSError as e:
@@ -255,8 +268,9 @@ class FakeMwcommsd:
                     s.p.sendall(d)
                 except OSError:
                     return
+        t_down = threading.Thread(target=down, daemon=True)
+        t_down.start()
         threading.Thread(target=up, daemon=True).start()
-        threading.Thread(target=down, daemon=True).start()
 
     def _pump_dgram(self, s):
         def up():

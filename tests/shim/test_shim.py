@@ -109,7 +109,8 @@ def test_socket_fails_when_mwcommsd_has_no_ins(shim, run, fake_factory):
 
 @pytest.mark.parametrize("mode,cases", [
     ("tcp", ["nonblocking_connect", "accept4_flags_names", "bytes_dup_close", "half_close",
-             "blocking_connect_1MiB_from_forked_child", "connect_refused"]),
+             "blocking_connect_1MiB_from_forked_child", "connect_refused",
+             "reset_read_econnreset"]),
     ("udp", ["sendto_recvfrom_peek_trunc", "sendmsg_recvmsg_iovecs", "connected_read_write",
              "sendmmsg_recvmmsg", "emsgsize"]),
     ("resolve", ["getaddrinfo", "getnameinfo", "gethostbyname"]),
@@ -169,3 +170,64 @@ def test_real_programs_through_fake_mwcommsd(shim, run, fake, tmp_path):
         srv.communicate(timeout=10)
     ops = fake.ops()
     assert ops.count("ACCEPT") >= len(tools) and "GETADDRINFO" in ops
+
+
+ASYNC_PROGRAM = r'''
+import asyncio, hashlib, os, socket, sys, threading
+
+async def handle(reader, writer):
+    data = await reader.readexactly(8)
+    n = int.from_bytes(data, "big")
+    h = hashlib.sha256()
+    left = n
+    while left:
+        chunk = await reader.read(min(left, 65536))
+        assert chunk
+        h.update(chunk)
+        left -= len(chunk)
+    writer.write(h.digest())
+    await writer.drain()
+    writer.close()
+
+def client(port, n, results, i):
+    blob = os.urandom(n)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(n.to_bytes(8, "big") + blob)
+        got = b""
+        while len(got) < 32:
+            d = s.recv(32 - len(got))
+            assert d, "early EOF"
+            got += d
+        assert s.recv(1) == b""
+    results[i] = got == hashlib.sha256(blob).digest()
+
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    results = [None] * 64
+    threads = [threading.Thread(target=client, args=(port, 50_000 + i * 1000, results, i))
+               for i in range(64)]
+    loop = asyncio.get_running_loop()
+    def run_all():
+        for t in threads: t.start()
+        for t in threads: t.join()
+    await loop.run_in_executor(None, run_all)
+    # an asyncio client too, with a non-blocking connect through the loop
+    r, w = await asyncio.open_connection("localhost", port)
+    w.write((3).to_bytes(8, "big") + b"abc")
+    digest = await r.readexactly(32)
+    print("ASYNC-CLIENT", digest == hashlib.sha256(b"abc").digest())
+    srv.close()
+    await srv.wait_closed()
+    print("RESULTS", sum(1 for x in results if x is True), len(results))
+
+asyncio.run(main())
+'''
+
+
+def test_asyncio_server_and_64_threaded_clients(shim, run, fake):
+    """Python's asyncio server and a threaded client with 64 concurrent connections."""
+    r = run(shim, [sys.executable, "-c", ASYNC_PROGRAM], fake.path, timeout=120)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "RESULTS 64 64" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "ASYNC-CLIENT True" in r.stdout, r.stdout
