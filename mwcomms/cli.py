@@ -1,0 +1,284 @@
+"""`mwcomms up|down|run`: bring the backbone up on this host, take it down, run a program
+through it.
+
+`up` (backend sim) plays every part a Xen host would: it starts the project's xenstored, acts
+as the toolstack (introduces the protected domain 1 and the INS domain 2, attaches the mwcomms
+device between them), starts the INS (in a network namespace of its own when run as root) and
+mwcommsd, and waits until the two have connected. Everything it starts is recorded in the run
+directory's state.json, which `down` and `run` read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+FRONT, INS = 1, 2
+NETNS = "mwcomms-ins"
+EXIT_USAGE, EXIT_NOT_UP, EXIT_FAILED = 2, 3, 1
+
+
+class CliError(Exception):
+    """A failure to report to the user in one line, with an exit code."""
+
+    def __init__(self, msg: str, code: int = EXIT_FAILED):
+        super().__init__(msg)
+        self.code = code
+
+
+def default_run_dir() -> str:
+    if os.geteuid() == 0:
+        return "/run/mwcomms"
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/mwcomms-{os.getuid()}"
+    return os.path.join(base, "mwcomms")
+
+
+def _state_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "state.json")
+
+
+def load_state(run_dir: str) -> dict:
+    """The record of a backbone that is up, or CliError(EXIT_NOT_UP)."""
+    try:
+        with open(_state_path(run_dir)) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        raise CliError(f"the backbone is not up (no {_state_path(run_dir)}): run `mwcomms up` first",
+                       EXIT_NOT_UP) from None
+    dead = [name for name, pid in state.get("pids", {}).items() if not _alive(pid)]
+    if dead:
+        raise CliError(f"the backbone is down or broken: {', '.join(dead)} not running "
+                       f"(logs in {state.get('logs', run_dir)}); run `mwcomms down` then `mwcomms up`",
+                       EXIT_NOT_UP)
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONSAFEPATH="1")
+
+
+def _spawn(cmd: list[str], log: str, netns: str | None = None) -> subprocess.Popen:
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + cmd
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=_env(), start_new_session=True)
+
+
+def _netns_up() -> str | None:
+    """A network namespace for the INS, with only loopback, when we may make one."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return None
+    subprocess.run(["ip", "netns", "del", NETNS], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    subprocess.run(["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"], check=True)
+    return NETNS
+
+
+def _wait_connected(xs_socket: str, procs: dict, timeout: float) -> None:
+    from mwcomms.xen import xenbus
+
+    client = xenbus.connect_xenstore(xs_socket)
+    try:
+        end = time.monotonic() + timeout
+        paths = (xenbus.front_path(FRONT), xenbus.back_path(INS, FRONT))
+        while time.monotonic() < end:
+            states = [xenbus.XenbusState.parse(xenbus.read_opt(client, f"{p}/state")) for p in paths]
+            if all(s is xenbus.XenbusState.CONNECTED for s in states):
+                return
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise CliError(f"{name} exited with {proc.returncode} during start-up")
+            time.sleep(0.05)
+        raise CliError(f"mwcommsd and the INS did not connect within {timeout:.0f} s "
+                       f"(states {[s.name for s in states]})")
+    finally:
+        client.close()
+
+
+def cmd_up(args) -> int:
+    run_dir = args.dir
+    if args.backend != "sim":
+        raise CliError("only --backend sim runs on one host; on Xen, start the INS image and "
+                       "mwcommsd in their domains (docs/xen.md)", EXIT_USAGE)
+    if os.path.exists(_state_path(run_dir)):
+        try:
+            load_state(run_dir)
+            raise CliError(f"the backbone is already up ({_state_path(run_dir)}); `mwcomms down` first")
+        except CliError as exc:
+            if exc.code != EXIT_NOT_UP:
+                raise
+            _down(run_dir, quiet=True)      # leftovers of a crashed run
+    from mwcomms.xen import xenbus, xenstored
+
+    os.makedirs(run_dir, exist_ok=True)
+    logs = os.path.join(run_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    sim_dir = os.path.join(run_dir, "sim")
+    control = os.path.join(run_dir, "control.sock")
+    xs = xenstored.start(os.path.join(run_dir, "xs"), mode="process",
+                         log_file=os.path.join(logs, "xenstored.log"))
+    procs: dict[str, subprocess.Popen] = {}
+    state = {"backend": "sim", "dir": run_dir, "logs": logs, "control": control,
+             "xenstore": xs.socket_path, "sim_dir": sim_dir, "netns": None,
+             "pids": {"xenstored": xs.pid}}
+    try:
+        tool = xenbus.connect_xenstore(xs.socket_path)
+        for dom in (FRONT, INS):
+            xenbus.introduce(tool, dom)
+        xenbus.attach(tool, FRONT, INS)
+        tool.close()
+        netns = _netns_up()
+        state["netns"] = netns
+        py = sys.executable
+        procs["ins"] = _spawn([py, "-m", "mwcomms.ins.daemon", "--backend", "sim", "--sim-dir", sim_dir,
+                               "--domid", str(INS), "--xenstore", xs.socket_path],
+                              os.path.join(logs, "ins.log"), netns)
+        procs["mwcommsd"] = _spawn([py, "-m", "mwcomms.daemon", "--backend", "sim", "--sim-dir", sim_dir,
+                                    "--domid", str(FRONT), "--ins-domid", str(INS),
+                                    "--xenstore", xs.socket_path, "--socket", control],
+                                   os.path.join(logs, "mwcommsd.log"))
+        state["pids"].update({name: p.pid for name, p in procs.items()})
+        with open(_state_path(run_dir), "w") as f:
+            json.dump(state, f, indent=1)
+        _wait_connected(xs.socket_path, procs, args.timeout)
+    except BaseException:
+        _down(run_dir, quiet=True, extra=[p.pid for p in procs.values()] + [xs.pid])
+        raise
+    where = f"the INS in network namespace {state['netns']}" if state["netns"] else \
+        "the INS in this network namespace (not root: no namespace of its own)"
+    print(f"mwcomms is up: mwcommsd (domain {FRONT}) connected to {where} (domain {INS}).\n"
+          f"  control socket: {control}\n  logs:           {logs}\n"
+          f"  run a program:  mwcomms run -- CMD ARGS...")
+    return 0
+
+
+def _down(run_dir: str, quiet: bool = False, extra: list[int] | None = None) -> int:
+    try:
+        with open(_state_path(run_dir)) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        state = {"pids": {}}
+    # The frontend first, then the INS (each leaves the handshake cleanly on SIGTERM), then
+    # XenStore.
+    order = ["mwcommsd", "ins", "xenstored"]
+    pids = [state["pids"][n] for n in order if n in state["pids"]] + list(extra or [])
+    for pid in pids:
+        _stop(pid)
+    if state.get("netns"):
+        subprocess.run(["ip", "netns", "del", state["netns"]], stderr=subprocess.DEVNULL)
+    for name in ("state.json", "control.sock"):
+        try:
+            os.unlink(os.path.join(run_dir, name))
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(os.path.join(run_dir, "sim"), ignore_errors=True)
+    shutil.rmtree(os.path.join(run_dir, "xs"), ignore_errors=True)
+    if not quiet:
+        print(f"mwcomms is down (logs kept in {os.path.join(run_dir, 'logs')}).")
+    return 0
+
+
+def _stop(pid: int, timeout: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if not _alive(pid):
+                return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def cmd_down(args) -> int:
+    if not os.path.exists(_state_path(args.dir)):
+        print(f"mwcomms is not up ({_state_path(args.dir)} missing): nothing to do.")
+        return 0
+    return _down(args.dir)
+
+
+def run_env(state: dict) -> dict:
+    """The environment of a program run through the backbone."""
+    try:
+        from mwcomms import shim_path
+        shim = shim_path()
+    except (ImportError, OSError) as exc:
+        raise CliError(f"tcp_ip_wrapper.so is not in this installation ({exc})") from None
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    env["MWCOMMS_SOCKET"] = state["control"]
+    return env
+
+
+def cmd_run(args) -> int:
+    if not args.command:
+        raise CliError("nothing to run: mwcomms run [--isolate] -- CMD ARGS...", EXIT_USAGE)
+    state = load_state(args.dir)
+    env = run_env(state)
+    cmd = list(args.command)
+    if args.isolate:
+        # A network namespace with no interfaces at all: a program that slips past the shim
+        # (a static binary, raw syscalls) has no network instead of the host's.
+        if os.geteuid() == 0:
+            cmd = ["unshare", "--net", "--"] + cmd
+        else:
+            cmd = ["unshare", "--net", "--map-root-user", "--"] + cmd
+        if not shutil.which("unshare"):
+            raise CliError("--isolate needs unshare(1) (util-linux)")
+    try:
+        return subprocess.run(cmd, env=env).returncode
+    except FileNotFoundError:
+        raise CliError(f"{cmd[0]}: command not found", 127) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mwcomms", description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default=default_run_dir(),
+                    help="run directory: state, sockets, logs (default: %(default)s)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start xenstored (sim), the INS and mwcommsd")
+    up.add_argument("--backend", default="sim", choices=["sim", "xen"])
+    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the handshake")
+    sub.add_parser("down", help="stop everything `up` started")
+    run = sub.add_parser("run", help="run a program with its sockets in the INS")
+    run.add_argument("--isolate", action="store_true",
+                     help="also run it in a network namespace without interfaces")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    args = ap.parse_args(argv)
+    if args.cmd == "run" and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        return {"up": cmd_up, "down": cmd_down, "run": cmd_run}[args.cmd](args)
+    except CliError as exc:
+        print(f"mwcomms {args.cmd}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`mwcomms` as a user meets it before and around the backbone: clear errors, exit codes."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+MWCOMMS = os.path.join(os.path.dirname(sys.executable), "mwcomms")
+
+
+def mwcomms(*args, run_dir):
+    return subprocess.run([MWCOMMS, "--dir", str(run_dir), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_run_when_not_up_says_so(tmp_path):
+    r = mwcomms("run", "--", "true", run_dir=tmp_path)
+    assert r.returncode == 3
+    assert "the backbone is not up" in r.stderr and "mwcomms up" in r.stderr
+
+
+def test_run_without_command_is_a_usage_error(tmp_path):
+    r = mwcomms("run", run_dir=tmp_path)
+    assert r.returncode == 2 and "nothing to run" in r.stderr
+
+
+def test_down_when_not_up_is_harmless(tmp_path):
+    r = mwcomms("down", run_dir=tmp_path)
+    assert r.returncode == 0 and "not up" in r.stdout
+
+
+def test_stale_state_is_reported_as_broken(tmp_path):
+    (tmp_path / "state.json").write_text('{"pids": {"mwcommsd": 999999999}, "control": "x"}')
+    r = mwcomms("run", "--", "true", run_dir=tmp_path)
+    assert r.returncode == 3 and "mwcommsd not running" in r.stderr
+
+
+def test_xen_backend_is_not_started_on_one_host(tmp_path):
+    r = mwcomms("up", "--backend", "xen", run_dir=tmp_path)
+    assert r.returncode == 2 and "docs/xen.md" in r.stderr
