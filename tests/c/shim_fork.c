@@ -1,7 +1,7 @@
 /*
  * tcp_ip_wrapper.so under threads and fork: 4 threads make control calls without pause while
- * the main thread forks 40 times; each child makes its own control calls (its own connection)
- * and uses an inherited socket. A lock held across fork, or a child answering on its parent's
+ * the main thread forks 40 times and goes on making calls; each child makes its own control
+ * calls at the same time (on its own connection) and uses an inherited socket. A lock held across fork, or a child answering on its parent's
  * control connection, shows as a hang (alarm: exit 3) or a wrong answer (exit 1).
  */
 #define _GNU_SOURCE
@@ -85,11 +85,20 @@ int main(void)
             int cs;
 
             alarm(20);
+            for (int k = 0; k < 20; k++) {         /* while the parent's thread does too */
+                cs = udp_bound(&ca);
+                close(cs);
+            }
             cs = udp_bound(&ca);
             CHECK(sendto(cs, "child", 5, 0, (struct sockaddr *)&pa, sizeof(pa)) == 5);
             CHECK(sendto(ps, "inherited", 9, 0, (struct sockaddr *)&pa, sizeof(pa)) == 9);
             close(cs);
             _exit(0);
+        }
+        for (int k = 0; k < 20; k++) {             /* the forking thread's own connection */
+            struct sockaddr_in x;
+
+            close(udp_bound(&x));
         }
         CHECK(waitpid(pid, &st, 0) == pid);
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
