@@ -75,7 +75,8 @@ struct fe_sock {
     int rx_done;               /* the end of rx was delivered (P's writing side shut) */
     int rx_discard;            /* P refuses bytes (the app shut its reading side): drop rx */
     int shut_wr_sent;
-    int tx_posted;             /* DATA was posted for tx at least once */
+    int tx_posted;
+    int close_wait;            /* closing: CLOSE waits until the INS took every datagram */             /* DATA was posted for tx at least once */
     int tx_wait, rx_wait;      /* waiting for SPACE on tx / for P to take rx bytes */
     int connected_once;
     int lost;                  /* ended by the loss of the INS */

@@ -466,6 +466,7 @@ static void client_unpark(struct mwfe *e, struct fe_client *c)
 
 static void sk_update_watch(struct mwfe *e, struct fe_sock *sk);
 static void sk_begin_close(struct mwfe *e, struct fe_sock *sk);
+static void sk_send_close(struct mwfe *e, struct fe_sock *sk);
 static void sk_fail(struct mwfe *e, struct fe_sock *sk, int32_t err, int tell_ins);
 
 /* DATA for tx. Also after the first bytes ever, whatever tx_prod_event says: an INS that
@@ -626,6 +627,16 @@ out_proto:
 
 static void pump_tx(struct mwfe *e, struct fe_sock *sk)
 {
+    if (sk->close_wait) {        /* closing: CLOSE once the INS took every datagram */
+        int space = mw_bring_space(&sk->tx);
+
+        if (space < 0)
+            violation(e, "tx ring", "index");
+        else if ((uint32_t)space == sk->tx.size ||
+                 mw_bring_prepare_wait(&sk->tx, sk->tx.size) != 0)
+            sk_send_close(e, sk);
+        return;
+    }
     sk->tx_wait = 0;
     if (sk->type == SOCK_STREAM)
         pump_tx_stream(e, sk);
@@ -830,16 +841,35 @@ static void sk_close_queue(struct mwfe *e, struct fe_sock *l)
 /* The socket is done on this side: close P, CLOSE it in the INS, and keep it as a zombie. */
 static void sk_begin_close(struct mwfe *e, struct fe_sock *sk)
 {
-    struct fe_op *op;
-
     if (sk->state == SK_CLOSING || sk->state == SK_ZOMBIE)
         return;
     src_unwatch(e, &sk->src);
     close_fd(&sk->src.fd);
     close_fd(&sk->x);
     sk_close_queue(e, sk);
-    sk->live = 0;
     sk->state = SK_CLOSING;
+    if (sk->live && sk->type == SOCK_DGRAM && ins_ok(e)) {
+        /* datagrams the application sent before closing are sent, as the kernel does: the
+         * INS drops a datagram socket's tx at CLOSE, so wait until it took them all */
+        int space = mw_bring_space(&sk->tx);
+
+        if (space >= 0 && (uint32_t)space < sk->tx.size &&
+            mw_bring_prepare_wait(&sk->tx, sk->tx.size) == 0) {
+            sk->close_wait = 1;
+            sk->tx_wait = 1;
+            return;
+        }
+    }
+    sk_send_close(e, sk);
+}
+
+/* CLOSE to the INS, or straight to a zombie when the INS is gone. */
+static void sk_send_close(struct mwfe *e, struct fe_sock *sk)
+{
+    struct fe_op *op;
+
+    sk->live = 0;
+    sk->close_wait = 0;
     if (sk->has_slot && ins_ok(e)) {
         op = op_new(e, OP_CLOSE, sk);
         if (op) {
@@ -1791,7 +1821,7 @@ static int client_serve(struct mwfe *e, struct fe_client *c)
         }
     }
     if (n <= 0) {
-        client_drop(e, c, n < 0 ? "receive error" : NULL);
+        client_drop(e, c, n < 0 && errno != ECONNRESET ? "receive error" : NULL);
         goto out_close_fds;
     }
     if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))

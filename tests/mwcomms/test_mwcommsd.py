@@ -435,3 +435,58 @@ def test_ins_loss_fails_sockets_and_reconnects(up):
     x.close(), x2.close(), p2.close(), peer.close()
     c.close()
     assert up.stop(up.mwd) == 0, up.logs()
+
+
+# ---- the shim's own test programs, against the real daemon and INS -------------------------
+
+SANITIZE = ["-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all"]
+SAN_ENV = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:verify_asan_link_order=0",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+CDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "c")
+
+
+def _shim_program(tmp_path, name):
+    import shutil
+    try:
+        from mwcomms import shim_path
+        shim = shim_path()
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"the shim is not installed: {exc}")
+    if not os.path.exists(shim):
+        pytest.skip("the shim is not installed")
+    src = os.path.join(CDIR, name + ".c")
+    if shutil.which("gcc") is None or not os.path.exists(src):
+        pytest.skip(f"gcc or {src} missing")
+    exe = str(tmp_path / name)
+    subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Wextra", *SANITIZE, "-o", exe, src,
+                    "-lpthread"], check=True)
+    return shim, exe
+
+
+@pytest.mark.parametrize("mode,cases", [
+    ("tcp", ["nonblocking_connect", "accept4_flags_names", "bytes_dup_close", "half_close",
+             "blocking_connect_1MiB_from_forked_child", "connect_refused",
+             "reset_read_econnreset"]),
+    ("udp", ["sendto_recvfrom_peek_trunc", "sendmsg_recvmsg_iovecs", "connected_read_write",
+             "sendmmsg_recvmmsg", "emsgsize"]),
+    ("resolve", ["getaddrinfo", "getnameinfo", "gethostbyname"]),
+    ("exec", ["inherited_across_exec"]),
+])
+def test_shim_programs_through_mwcommsd(up, tmp_path, mode, cases):
+    """tests/c/shim_inet.c under LD_PRELOAD=tcp_ip_wrapper.so, served by mwcommsd and the INS."""
+    shim, exe = _shim_program(tmp_path, "shim_inet")
+    env = {**os.environ, **SAN_ENV, "LD_PRELOAD": shim, "MWCOMMS_SOCKET": up.control}
+    r = subprocess.run([exe, mode], env=env, capture_output=True, text=True, timeout=120)
+    ok = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("OK ")}
+    assert r.returncode == 0 and "DONE" in r.stdout, \
+        f"rc {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}\n{up.logs()}"
+    assert set(cases) <= ok, r.stdout
+
+
+def test_shim_threads_and_fork_through_mwcommsd(up, tmp_path):
+    shim, exe = _shim_program(tmp_path, "shim_fork")
+    env = {**os.environ, **SAN_ENV, "LD_PRELOAD": shim, "MWCOMMS_SOCKET": up.control}
+    r = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "OK fork_threads" in r.stdout, \
+        f"rc {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}\n{up.logs()}"
