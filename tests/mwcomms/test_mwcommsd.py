@@ -16,7 +16,10 @@ import time
 
 import pytest
 
-from mwcomms.xen import xenbus, xenstored
+from mwcomms._native import ffi
+from mwcomms.xen import connection, ring, xenbus, xenstored
+from mwcomms.xen.platform import Platform
+from mwcomms.xen.xenbus import BackendDriver, XenbusState as S
 
 FRONT, INS = 1, 2
 
@@ -116,8 +119,9 @@ class World:
 
     def _spawn(self, args, log):
         env = {**os.environ, "PYTHONSAFEPATH": "1"}
-        return subprocess.Popen([sys.executable, "-m", *args, "--log", log], env=env, cwd="/",
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        with open(log + ".err", "ab") as err:        # the C engines log to stderr
+            return subprocess.Popen([sys.executable, "-m", *args, "--log", log], env=env,
+                                    cwd="/", stdout=err, stderr=subprocess.STDOUT)
 
     def start_ins(self):
         self.ins = self._spawn(["mwcomms.ins.daemon", "--backend", "sim", "--sim-dir",
@@ -151,7 +155,7 @@ class World:
 
     def logs(self):
         out = ""
-        for name in ("ins.log", "mwcommsd.log"):
+        for name in ("ins.log", "ins.log.err", "mwcommsd.log", "mwcommsd.log.err"):
             p = self.tmp / name
             if p.exists():
                 out += f"--- {name}\n" + p.read_text()[-4000:]
@@ -490,3 +494,64 @@ def test_shim_threads_and_fork_through_mwcommsd(up, tmp_path):
     r = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "OK fork_threads" in r.stdout, \
         f"rc {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}\n{up.logs()}"
+
+
+def test_hostile_ins_response_detaches_and_sets_up_again(world):
+    """An INS (here a fake one in this process) that answers SOCKET with a nonzero pad breaks
+    the protocol: mwcommsd answers the parked call ENETDOWN, writes the reason to its `error`
+    key, leaves the connection and sets up a fresh one; the daemon itself carries on."""
+    world.start_mwcommsd()
+    plat = Platform("sim", sim_dir=world.simdir, domid=INS)
+    link = connection.BackLink(plat, FRONT)
+    client = xenbus.connect_xenstore(world.xs.domain_socket(INS))
+    bd = BackendDriver(client, world.bp, advertise=link.advertise, connect=link.connect,
+                       teardown=link.teardown, retry_delay=0.05)
+    import threading
+    stop = threading.Event()
+    th = threading.Thread(target=bd.run, args=(stop,), daemon=True)
+    th.start()
+    try:
+        world.wait_connected()
+        lay = link.layout
+        view = ffi.buffer(ffi.cast("char *", link.area.address), lay.area_pages * 4096)
+        area_ = ring.Area(view, ring.Geometry(lay.cmd_ring_pages, lay.evq_pages,
+                                              lay.sock_slots, lay.data_pages))
+        back = ring.CommandBack(area_)
+        result = {}
+
+        def call():
+            c = Local(world.control)
+            result["ret"] = c.call(SOCKET, struct.pack("<iiiI", socket.AF_INET,
+                                                       socket.SOCK_STREAM, 0, 0))[0]
+            c.close()
+        caller = threading.Thread(target=call)
+        caller.start()
+        req = None
+        end = time.monotonic() + 10
+        while req is None and time.monotonic() < end:
+            req = back.take()
+            time.sleep(0.01)
+        assert req is not None, "no request reached the INS"
+        rid, cmd, _, sock = struct.unpack_from("<IHHI", req)
+        assert cmd == 1                                     # MW_CMD_SOCKET
+        back.put(struct.pack("<IHHIiII", rid, cmd, 0, sock, 0, 7, 0))   # pad not zero
+        back.push()
+        link.evtchn.notify(link.port)
+        caller.join(20)
+        assert result.get("ret") == -errno.ENETDOWN, result
+        _wait(lambda: b"response padding not zero" in
+              (xenbus.read_opt(world.tool, f"{world.fp}/error") or b""), 10, "error key")
+        # the frontend left and came back for a fresh connection (the fake INS re-advertises)
+        _wait(lambda: world.state(world.fp) in (3, 4) and world.state(world.bp) in (2, 4), 20,
+              "a fresh set-up")
+        assert world.mwd.poll() is None
+        c = Local(world.control)
+        assert c.call(HELLO, struct.pack("<II", 1, 0))[0] == 0
+        c.close()
+    finally:
+        stop.set()
+        th.join(15)
+        client.close()
+        plat.close()
+    assert world.stop(world.mwd) == 0, world.logs()
+    assert "response padding not zero" in world.logs()
