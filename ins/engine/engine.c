@@ -798,10 +798,10 @@ static int free_slot_check(struct ins_front *fe, const struct mw_req *req, uint3
 static int do_socket(struct ins_front *fe, const struct mw_req *req)
 {
     const struct mw_req_socket *b = &req->u.socket;
-    struct ins_sock *s;
+    struct ins_sock *s = NULL;
     int32_t ret = 0;
     uint64_t kbuf;
-    int fd;
+    int fd, rc;
 
     if (free_slot_check(fe, req, req->sock) < 0)
         return -EPROTO;
@@ -832,13 +832,16 @@ static int do_socket(struct ins_front *fe, const struct mw_req *req)
         ret = -ENOMEM;
         goto out_close;
     }
-    sock_update_epoll(s);
     goto out;
 
 out_close:
     close(fd);
 out:
-    return respond_ret(fe, req->id, req->cmd, req->sock, ret);
+    rc = respond_ret(fe, req->id, req->cmd, req->sock, ret);
+    /* a datagram socket may send at once: ask for DATA on its tx ring, watch its rx */
+    if (rc == 0 && ret == 0)
+        rc = sock_pump(s);
+    return rc;
 }
 
 static int do_connect(struct ins_front *fe, const struct mw_req *req)

@@ -357,3 +357,18 @@ def test_frontends_do_not_see_each_others_sockets(fronts):
     for p in peers:
         p.close()
     lst.close()
+
+
+def test_udp_socket_that_sends_first(fronts):
+    f = fronts()
+    assert f.socket(0, type_=codec.SOCK_DGRAM) == 0
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind((LOOP, 0))
+    peer.settimeout(5)
+    tx = f.socks[0].tx
+    hdr = codec.DgramHeader(5, SockAddr.from_tuple(peer.getsockname()))
+    tx.dgram_put(hdr.encode(), b"first")
+    if tx.publish():
+        f.post(0, codec.EV_DATA)
+    assert peer.recvfrom(100)[0] == b"first"
+    peer.close()
