@@ -372,3 +372,78 @@ def test_udp_socket_that_sends_first(fronts):
         f.post(0, codec.EV_DATA)
     assert peer.recvfrom(100)[0] == b"first"
     peer.close()
+
+
+def test_shutdown_waits_for_tx_to_drain(fronts):
+    f = fronts()
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # inherited by the peer
+    lst.bind((LOOP, 0))
+    lst.listen(1)
+    assert f.socket(0) == 0
+    small = (4096).to_bytes(4, "little")
+    assert f.call(codec.SetSockOpt(0, 0, socket.SOL_SOCKET, socket.SO_SNDBUF, small)).ret == 0
+    assert f.call(codec.Connect(0, 0, addr(*lst.getsockname()))).ret == 0
+    peer, _ = lst.accept()
+    blob = os.urandom(60000)          # fits tx, not the kernel's buffers while peer sleeps
+    f.write(0, blob)
+    rid = f.send(codec.Shutdown(0, 0, socket.SHUT_WR))
+    f.poll(0.3)
+    assert rid not in f.responses     # answered only once tx is drained
+    got = bytearray()
+    peer.settimeout(10)
+    while True:
+        chunk = peer.recv(1 << 16)
+        if not chunk:
+            break
+        got += chunk
+    assert bytes(got) == blob         # every byte published before SHUTDOWN, then FIN
+    assert f.wait(rid).ret == 0
+    peer.close()
+    lst.close()
+
+
+def test_tx_bytes_after_shutdown_are_a_violation(fronts):
+    f = fronts()
+    lst = listener()
+    assert connect(f, 0, lst.getsockname()).ret == 0
+    peer, _ = lst.accept()
+    assert f.call(codec.Shutdown(0, 0, socket.SHUT_WR)).ret == 0
+    f.write(0, b"too late")
+    _expect_broken(f, "tx ring")
+    peer.close()
+    lst.close()
+
+
+def test_features_not_negotiated_are_refused(fronts):
+    f = fronts(features=())
+    assert f.socket(0, type_=codec.SOCK_DGRAM) == -errno.EPROTONOSUPPORT
+    assert f.socket(1, family=codec.AF_INET6) == -errno.EAFNOSUPPORT
+    off = f.alloc(4096)
+    f.put_data(off, b"localhost")
+    rsp = f.call(codec.GetAddrInfo(0, codec.Ool(off, 4096), 9, 0))
+    assert rsp.ret == -errno.EOPNOTSUPP
+    assert f.socket(2) == 0
+    rsp = f.call(codec.Connect(0, 2, addr("::1", 9)))
+    assert rsp.ret == -errno.EAFNOSUPPORT
+    assert not f.engine.stats(f.handle)["broken"]
+
+
+def test_ipv6_loopback(fronts):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        lst = socket.socket(socket.AF_INET6)
+        lst.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    lst.listen(1)
+    f = fronts()
+    assert f.socket(0, family=codec.AF_INET6) == 0
+    rsp = f.call(codec.Connect(0, 0, addr("::1", lst.getsockname()[1])))
+    assert rsp.ret == 0 and rsp.body.host.exploded.endswith("0001")
+    peer, _ = lst.accept()
+    peer.sendall(b"v6")
+    assert f.read(0, want=2)[0] == b"v6"
+    peer.close()
+    lst.close()
