@@ -4,7 +4,7 @@
  * layer into one program so that AddressSanitizer + UBSan watch the engine while hostile
  * frontends attack it.
  *
- *   ins_front SIMDIR [CASE...]      (no case: all of them)
+ *   ins_front SIMDIR [CASE...]      (no case: all but bench, the throughput run)
  *
  * The engine loop runs in a thread; each test frontend is a sim domain (1, 3, 4...) sharing an
  * area with the INS (domain 2) and an event channel bound to it. All traffic is on loopback.
@@ -33,9 +33,10 @@
 
 #define INS_DOM 2
 #define SLOTS 32
-#define DATA_PAGES 256
+#define DATA_PAGES 512
 #define ORDER 14                   /* 16 KiB byte rings: flow control is exercised */
 #define TIMEOUT_S 10.0
+#define BENCH_ORDER 18             /* 256 KiB rings for the throughput run */
 
 static const char *simdir;
 static struct mw_plat *ins_plat;
@@ -243,20 +244,34 @@ static struct mw_rsp call(struct front *f, struct mw_req *req)
     return wait_rsp(f, send_req(f, req));
 }
 
-static struct mw_rings new_rings(struct front *f, uint32_t sock)
+static struct mw_rings new_rings_order(struct front *f, uint32_t sock, uint8_t order)
 {
     struct sock_rings *s = &f->socks[sock];
     struct mw_rings r;
 
-    s->tx_off = alloc_pages(f, 1u << (ORDER - 12));
-    s->rx_off = alloc_pages(f, 1u << (ORDER - 12));
+    s->tx_off = alloc_pages(f, 1u << (order - 12));
+    s->rx_off = alloc_pages(f, 1u << (order - 12));
     CHECK(mw_sock_reset(&f->area, sock) == 0, "sock reset");
     CHECK(mw_bring_init(&s->tx, &f->area, sock, MW_SIDE_FRONT, MW_BRING_TX, s->tx_off,
-                        ORDER) == 0, "tx init");
+                        order) == 0, "tx init");
     CHECK(mw_bring_init(&s->rx, &f->area, sock, MW_SIDE_FRONT, MW_BRING_RX, s->rx_off,
-                        ORDER) == 0, "rx init");
-    mw_rings_build(&r, s->tx_off, s->rx_off, ORDER, ORDER);
+                        order) == 0, "rx init");
+    mw_rings_build(&r, s->tx_off, s->rx_off, order, order);
     return r;
+}
+
+static struct mw_rings new_rings(struct front *f, uint32_t sock)
+{
+    return new_rings_order(f, sock, ORDER);
+}
+
+static int32_t do_socket_order(struct front *f, uint32_t sock, uint16_t type, uint8_t order)
+{
+    struct mw_rings r = new_rings_order(f, sock, order);
+    struct mw_req req;
+
+    mw_req_build_socket(&req, 0, sock, MW_AF_INET, type, 0, &r);
+    return call(f, &req).ret;
 }
 
 static int32_t do_socket(struct front *f, uint32_t sock, uint16_t type)
@@ -726,6 +741,93 @@ static void case_hostile(struct front *good)
     hostile("hostile out-of-line buffer", atk_ool, good);
 }
 
+
+/* Throughput through the engine (run at -O2, not part of the default cases): N bytes from the
+ * frontend to a loopback peer, then N bytes back. */
+struct sink {
+    int fd;
+    size_t n;
+    volatile int done;
+};
+
+static void *sink_peer(void *arg)
+{
+    struct sink *k = arg;
+    static uint8_t buf[1 << 16];
+    size_t got = 0;
+
+    while (got < k->n) {
+        ssize_t r = recv(k->fd, buf, sizeof(buf), 0);
+
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    __atomic_store_n(&k->done, 1, __ATOMIC_RELEASE);
+    for (size_t sent = 0; sent < k->n; ) {
+        size_t chunk = k->n - sent < sizeof(buf) ? k->n - sent : sizeof(buf);
+        ssize_t w = send(k->fd, buf, chunk, MSG_NOSIGNAL);
+
+        if (w <= 0)
+            break;
+        sent += (size_t)w;
+    }
+    return NULL;
+}
+
+static void case_bench(struct front *f)
+{
+    const size_t n = (size_t)256 << 20;
+    static uint8_t buf[1 << 16];
+    struct sink k = { .n = n };
+    struct mw_bring *tx = &f->socks[6].tx, *rx = &f->socks[6].rx;
+    double t0, t1, t2, end;
+    size_t done = 0;
+    pthread_t t;
+    uint16_t port;
+    int lfd = tcp_listener(&port);
+
+    CHECK(do_socket_order(f, 6, MW_SOCK_STREAM, BENCH_ORDER) == 0, "socket");
+    CHECK(do_addr_cmd(f, MW_CMD_CONNECT, 6, port).ret == 0, "connect");
+    k.fd = accept(lfd, NULL, NULL);
+    pthread_create(&t, NULL, sink_peer, &k);
+    t0 = now_s();
+    end = t0 + 120;
+    while (done < n) {
+        uint32_t chunk = (uint32_t)(n - done < sizeof(buf) ? n - done : sizeof(buf));
+        int w = mw_bring_write(tx, buf, chunk);
+
+        CHECK(w >= 0 && now_s() < end, "tx");
+        done += (size_t)w;
+        if (w && mw_bring_publish(tx) == 1)
+            post(f, 6, MW_EV_DATA);
+        if (!w && mw_bring_prepare_wait(tx, 1) == 0)
+            front_poll(f, 100);
+    }
+    while (!__atomic_load_n(&k.done, __ATOMIC_ACQUIRE)) {
+        CHECK(now_s() < end, "peer did not get everything");
+        usleep(100);
+    }
+    t1 = now_s();
+    for (done = 0; done < n; ) {
+        int r = mw_bring_read(rx, buf, sizeof(buf));
+
+        CHECK(r >= 0 && now_s() < end, "rx");
+        done += (size_t)r;
+        if (r && mw_bring_release(rx) == 1)
+            post(f, 6, MW_EV_SPACE);
+        if (!r && mw_bring_prepare_wait(rx, 1) == 0)
+            front_poll(f, 100);
+    }
+    t2 = now_s();
+    pthread_join(t, NULL);
+    printf("INS-RATE bytes=%zu ring_order=%d up_mb_s=%.0f down_mb_s=%.0f\n", n, BENCH_ORDER,
+           n / (t1 - t0) / 1e6, n / (t2 - t1) / 1e6);
+    CHECK(do_simple(f, MW_CMD_CLOSE, 6, 0) == 0, "close");
+    close(k.fd);
+    close(lfd);
+}
+
 static void *loop(void *arg)
 {
     int rc = ins_engine_run(eng);
@@ -741,7 +843,7 @@ static void *loop(void *arg)
 static int wanted(int argc, char **argv, const char *name)
 {
     if (argc <= 2)
-        return 1;
+        return strcmp(name, "bench") != 0;
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], name))
             return 1;
@@ -755,7 +857,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; void (*fn)(struct front *f); } cases[] = {
         { "ping", case_ping }, { "tcp", case_tcp }, { "accept", case_accept },
         { "udp", case_udp }, { "dns", case_dns }, { "errors", case_errors },
-        { "hostile", case_hostile },
+        { "hostile", case_hostile }, { "bench", case_bench },
     };
     struct front *f;
     pthread_t t;

@@ -21,17 +21,20 @@ HOSTILE = ["slot out of range", "slot not open", "ring offsets", "request index"
            "rx consumer index", "fq event", "out-of-line buffer"]
 
 
-@pytest.fixture(scope="module")
-def ins_front(tmp_path_factory):
+def _build(out, flags):
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed")
-    exe = tmp_path_factory.mktemp("ins-c") / "ins_front"
-    cmd = ["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", *SANITIZE,
+    cmd = ["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", *flags,
            "-I", str(ROOT / "xen" / "include"), "-I", str(ROOT / "ins" / "engine"),
-           *map(str, SOURCES), "-lpthread", "-o", str(exe)]
+           *map(str, SOURCES), "-lpthread", "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
-    return str(exe)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def ins_front(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("ins-c") / "ins_front", SANITIZE)
 
 
 def test_ins_front_under_sanitizers(ins_front, tmp_path):
@@ -45,3 +48,18 @@ def test_ins_front_under_sanitizers(ins_front, tmp_path):
     oks = set(re.findall(r"^ok (.+?)(?: \(|$)", r.stdout, re.M))
     assert set(CASES) <= oks, out
     assert {f"hostile {h}" for h in HOSTILE} <= oks, out
+
+
+def test_ins_throughput(tmp_path, record_property):
+    """256 MiB each way through the engine and a loopback TCP connection, 256 KiB rings, at -O2
+    (printed as INS-RATE; run pytest with -s to see it)."""
+    exe = _build(tmp_path / "ins_front_o2", ["-O2", "-g"])
+    r = subprocess.run([exe, str(tmp_path / "sim"), "bench"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "INS-FRONT OK" in r.stdout, r.stdout + r.stderr
+    line = re.search(r"^INS-RATE .*$", r.stdout, re.M).group(0)
+    print(line)
+    rates = dict(kv.split("=") for kv in line.split()[1:])
+    for k, v in rates.items():
+        record_property(k, v)
+    assert float(rates["up_mb_s"]) > 0 and float(rates["down_mb_s"]) > 0
