@@ -555,3 +555,64 @@ def test_hostile_ins_response_detaches_and_sets_up_again(world):
         plat.close()
     assert world.stop(world.mwd) == 0, world.logs()
     assert "response padding not zero" in world.logs()
+
+
+def _fill(sender: socket.socket, limit: int) -> bytes:
+    """Send from a non-blocking socket until it blocks for half a second (or `limit` bytes);
+    return what was sent."""
+    sender.setblocking(False)
+    sent = bytearray()
+    chunk = os.urandom(1 << 16)
+    idle = time.monotonic()
+    while len(sent) < limit and time.monotonic() - idle < 0.5:
+        try:
+            n = sender.send(chunk)
+            sent += chunk[:n]
+            idle = time.monotonic()
+        except BlockingIOError:
+            select.select([], [sender], [], 0.1)
+    return bytes(sent)
+
+
+@pytest.mark.parametrize("direction", ["to_app", "from_app"])
+def test_flow_control_reaches_the_sender(up, direction):
+    """A receiver that does not read makes the sender block after a bounded amount (rings,
+    socketpair and kernel buffers), and nothing is lost once it reads."""
+    lst = socket.create_server(("127.0.0.1", 0))
+    c = Local(up.control)
+    h, x = c.socket()
+    assert c.connect(h, "127.0.0.1", lst.getsockname()[1]) == 0
+    peer, _ = lst.accept()
+    sender, receiver = (peer, x) if direction == "to_app" else (x, peer)
+    limit = 256 << 20
+    sent = _fill(sender, limit)
+    assert len(sent) < limit, "the sender never blocked: something buffers without bound"
+    receiver.setblocking(True)
+    receiver.settimeout(10)
+    got = bytearray()
+    while len(got) < len(sent):
+        got += receiver.recv(1 << 20)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+    x.close(), peer.close()
+    c.close()
+
+
+def test_tcp_ipv6_loopback(up):
+    try:
+        lst = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = lst.getsockname()[1]
+    c = Local(up.control)
+    h, x = c.socket(family=socket.AF_INET6)
+    addr = (struct.pack("<H", socket.AF_INET6) + struct.pack(">HI", port, 0)
+            + socket.inet_pton(socket.AF_INET6, "::1") + struct.pack("<II", 0, 0))
+    assert c.call(CONNECT, struct.pack("<Q", h) + addr + bytes(8))[0] == 0
+    peer, _ = lst.accept()
+    x.sendall(b"over v6")
+    peer.settimeout(10)
+    assert peer.recv(100) == b"over v6"
+    ret, body, _ = c.handle_call(GETPEERNAME, h)
+    assert ret == 0 and parse_sockaddr(body)[1:] == ("::1", port)
+    x.close(), peer.close()
+    c.close()
