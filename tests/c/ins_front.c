@@ -828,6 +828,63 @@ static void case_bench(struct front *f)
     close(lfd);
 }
 
+/* A frontend that scribbles random bytes over its whole area (control page, command slots,
+ * event queues, socket table, rings) while it has live sockets, kicking the INS after each
+ * burst: the engine must neither crash nor touch memory it should not (ASan watches), and the
+ * good frontend is served throughout. */
+static void case_chaos(struct front *good)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    struct ins_front_stats st;
+    uint16_t port;
+    int lfd = tcp_listener(&port);
+    int broken = 0;
+
+    for (int round = 0; round < 20; round++) {
+        struct front *bad = calloc(1, sizeof(*bad));
+        int peers[3], np = 0;
+        size_t span;
+
+        front_open(bad, 6);
+        for (uint32_t i = 0; i < 3; i++) {
+            CHECK(do_socket(bad, i, i == 2 ? MW_SOCK_DGRAM : MW_SOCK_STREAM) == 0, "socket");
+            if (i < 2) {
+                CHECK(do_addr_cmd(bad, MW_CMD_CONNECT, i, port).ret == 0, "connect");
+                peers[np++] = accept(lfd, NULL, NULL);
+                send(peers[np - 1], "some bytes", 10, MSG_NOSIGNAL);
+            }
+        }
+        /* everything but the data area's tail: indices, slots, events, entries, rings */
+        span = (size_t)((uint8_t *)bad->area.data - (uint8_t *)bad->area.ctrl) +
+               16 * MW_PAGE_SIZE;
+        for (int burst = 0; burst < 200; burst++) {
+            for (int k = 0; k < 8; k++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((uint8_t *)bad->area.ctrl)[x % span] = (uint8_t)(x >> 40);
+            }
+            kick(bad);
+            if (burst % 50 == 0) {
+                CHECK(ins_engine_stats(eng, bad->handle, &st) == 0, "stats");
+                if (st.broken)
+                    break;
+            }
+        }
+        usleep(20000);
+        CHECK(ins_engine_stats(eng, bad->handle, &st) == 0, "stats");
+        broken += st.broken;
+        for (int i = 0; i < np; i++)
+            close(peers[i]);
+        front_close(bad);
+        free(bad);
+        case_ping(good);
+    }
+    printf("ok chaos: %d of 20 scribbling frontends disconnected\n", broken);
+    CHECK(broken > 0, "no scribbling frontend was ever caught");
+    close(lfd);
+}
+
 static void *loop(void *arg)
 {
     int rc = ins_engine_run(eng);
@@ -857,7 +914,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; void (*fn)(struct front *f); } cases[] = {
         { "ping", case_ping }, { "tcp", case_tcp }, { "accept", case_accept },
         { "udp", case_udp }, { "dns", case_dns }, { "errors", case_errors },
-        { "hostile", case_hostile }, { "bench", case_bench },
+        { "hostile", case_hostile }, { "chaos", case_chaos }, { "bench", case_bench },
     };
     struct front *f;
     pthread_t t;

@@ -1,7 +1,8 @@
 """tests/c/ins_front.c: a test frontend in C and the INS engine in one program, built with
 AddressSanitizer + UBSan, run over sim shared areas: PING, TCP both ways with checksums, ACCEPT,
-UDP with addresses, GETADDRINFO, errors, and hostile frontends that must be disconnected alone
-while another frontend is still served."""
+UDP with addresses, GETADDRINFO, errors, hostile frontends that must be disconnected alone
+while another frontend is still served, and frontends that scribble random bytes over their
+whole area while they have live sockets."""
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ SOURCES = ([ROOT / "tests" / "c" / "ins_front.c"] + sorted((ROOT / "ins" / "engi
                                         "platform_xen.c")])
 SANITIZE = ["-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
             "-fno-sanitize-recover=all"]
-CASES = ["ping", "tcp", "accept", "udp", "dns", "errors", "hostile"]
+CASES = ["ping", "tcp", "accept", "udp", "dns", "errors", "hostile", "chaos"]
 HOSTILE = ["slot out of range", "slot not open", "ring offsets", "request index", "tx index",
            "rx consumer index", "fq event", "out-of-line buffer"]
 
