@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
+import os
 import select
 import signal
 import sys
@@ -42,13 +44,15 @@ class FrontendDaemon:
 
     def __init__(self, plat: Platform, xs_path: str | None, domid: int, ins_domid: int,
                  socket_path: str, *, devid: int = 0, layout: area.AreaLayout = DEFAULT_LAYOUT,
-                 engine: Engine | None = None, retry_delay: float = 1.0):
+                 engine: Engine | None = None, retry_delay: float = 1.0,
+                 stats_path: str | None = None):
         self.plat = plat
         self.xs_path = xs_path
         self.domid, self.ins_domid, self.devid = domid, ins_domid, devid
         self.path = xenbus.front_path(domid, devid)
         self.socket_path = socket_path
         self.retry_delay = retry_delay
+        self.stats_path = stats_path
         self.link = connection.FrontLink(plat, ins_domid, layout)
         self.engine = engine or Engine()
         self.attached = False
@@ -112,6 +116,19 @@ class FrontendDaemon:
             time.sleep(0.05)
         driver.want = True                       # rule 2 sets up again for the next INS
 
+    def write_stats(self) -> None:
+        """The engine's counters and the link state as JSON in stats_path (replaced
+        atomically), for mwctl."""
+        if not self.stats_path:
+            return
+        state, why = self.engine.link()
+        doc = {"link": {1: "attached", 0: "detached"}.get(state, "broken"), "why": why,
+               "ins_domid": self.ins_domid, **self.engine.stats()}
+        tmp = f"{self.stats_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, self.stats_path)
+
     def run(self, stop: threading.Event) -> None:
         self.engine.listen(self.socket_path)
         self.engine.start()
@@ -127,12 +144,16 @@ class FrontendDaemon:
                                       daemon=True)
             runner.start()
             try:
+                last = 0.0
                 while not stop.is_set() and runner.is_alive():
                     ready, _, _ = select.select([self.engine.link_fd], [], [], 0.2)
                     if ready:
                         state, why = self.engine.link()
                         if state == -errno.EPROTO:
                             self._violation(why, stop)
+                    if time.monotonic() - last >= 1.0:
+                        last = time.monotonic()
+                        self.write_stats()
             finally:
                 drv_stop.set()
                 runner.join(15)
@@ -159,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sock-slots", type=int, default=DEFAULT_LAYOUT.sock_slots)
     ap.add_argument("--ring-order", type=int, default=0,
                     help="log2 of each byte ring of a stream socket (default 16)")
+    ap.add_argument("--stats", help="write the engine's counters here (JSON, every second)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
 
@@ -192,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon = FrontendDaemon(plat, args.xenstore, args.domid, args.ins_domid, args.socket,
                                 devid=args.devid, layout=layout,
-                                engine=Engine(stream_order=args.ring_order))
+                                engine=Engine(stream_order=args.ring_order),
+                                stats_path=args.stats)
         failed = []
 
         def serve():

@@ -131,7 +131,8 @@ class World:
     def start_mwcommsd(self):
         self.mwd = self._spawn(["mwcomms.daemon", "--backend", "sim", "--sim-dir", self.simdir,
                                 "--domid", str(FRONT), "--ins-domid", str(INS), "--xenstore",
-                                self.xs.domain_socket(FRONT), "--socket", self.control],
+                                self.xs.domain_socket(FRONT), "--socket", self.control,
+                                "--stats", str(self.tmp / "stats.json")],
                                str(self.tmp / "mwcommsd.log"))
         _wait(lambda: os.path.exists(self.control), what="control socket")
 
@@ -289,6 +290,16 @@ def test_tcp_connect_and_data_both_ways(up):
     assert x.recv(100) == b""                  # the peer's FIN
     x.close()
     c.close()
+    import json
+
+    def stats():
+        try:
+            return json.loads((up.tmp / "stats.json").read_text())
+        except (OSError, ValueError):
+            return {}
+    _wait(lambda: stats().get("bytes_rx", 0) >= 3 << 20, 5, "stats")
+    st = stats()
+    assert st["link"] == "attached" and st["bytes_tx"] >= 3 << 20 and st["calls"] >= 5
 
 
 def test_nonblocking_connect_filler(up):
