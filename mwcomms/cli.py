@@ -10,6 +10,7 @@ directory's state.json, which `down` and `run` read.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +20,6 @@ import sys
 import time
 
 FRONT, INS = 1, 2
-NETNS = "mwcomms-ins"
 EXIT_USAGE, EXIT_NOT_UP, EXIT_FAILED = 2, 3, 1
 
 
@@ -80,14 +80,16 @@ def _spawn(cmd: list[str], log: str, netns: str | None = None) -> subprocess.Pop
                                 env=_env(), start_new_session=True)
 
 
-def _netns_up() -> str | None:
-    """A network namespace for the INS, with only loopback, when we may make one."""
+def _netns_up(run_dir: str) -> str | None:
+    """A network namespace for the INS, with only loopback, when we may make one. Its name
+    comes from the run directory, so that two backbones on one host stay apart."""
     if os.geteuid() != 0 or not shutil.which("ip"):
         return None
-    subprocess.run(["ip", "netns", "del", NETNS], stderr=subprocess.DEVNULL)
-    subprocess.run(["ip", "netns", "add", NETNS], check=True)
-    subprocess.run(["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"], check=True)
-    return NETNS
+    name = "mwcomms-" + hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:10]
+    subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    return name
 
 
 def _wait_connected(xs_socket: str, procs: dict, timeout: float) -> None:
@@ -143,7 +145,7 @@ def cmd_up(args) -> int:
             xenbus.introduce(tool, dom)
         xenbus.attach(tool, FRONT, INS)
         tool.close()
-        netns = _netns_up()
+        netns = _netns_up(run_dir)
         state["netns"] = netns
         py = sys.executable
         procs["ins"] = _spawn([py, "-m", "mwcomms.ins.daemon", "--backend", "sim", "--sim-dir", sim_dir,
