@@ -22,12 +22,15 @@ _spec.loader.exec_module(harness)
 @pytest.fixture(scope="module")
 def realxen(pytestconfig):
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
 
     def out(line):
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
+        """Straight to the terminal, past pytest's capture, so CI logs show the run live."""
+        if reporter is None or capture is None:
             print(line)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
 
     out("")
     cfg = harness.Config(log=out, echo_logs=False)   # results live; their context on failure
