@@ -38,6 +38,7 @@
 #define DEFAULT_DNS_WORKERS 2u
 #define DEFAULT_MAX_BUF (64ull << 20)
 #define EPOLL_BATCH 64
+#define SERVICE_BUDGET 512       /* requests + events of one frontend per turn */
 
 /* ------------------------------------------------------------------------------------------
  * Helpers
@@ -195,6 +196,22 @@ static uint64_t sock_bufsize(int fd)
     if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, &l) < 0)
         rcv = 0;
     return (uint64_t)(snd > 0 ? snd : 0) + (uint64_t)(rcv > 0 ? rcv : 0);
+}
+
+/* Close a socket without ever blocking the loop: close(2) waits up to the linger time when a
+ * frontend set SO_LINGER {on, N > 0}, even on a non-blocking socket. The INS drops the wait and
+ * lets its kernel finish sending in the background; {on, 0} (reset at once) is kept. */
+static void sock_close_fd(int fd)
+{
+    struct linger lg = { 0 };
+    socklen_t l = sizeof(lg);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0 && lg.l_onoff && lg.l_linger > 0) {
+        lg.l_onoff = 0;
+        lg.l_linger = 0;
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    close(fd);
 }
 
 /* Make the epoll registration match what the socket waits for. A socket that waits for
@@ -535,7 +552,7 @@ static void sock_free(struct ins_sock *s, int close_fd)
     if (s->ev)
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, s->fd, NULL);
     if (close_fd)
-        close(s->fd);
+        sock_close_fd(s->fd);
     while ((a = s->accepts)) {
         s->accepts = a->next;
         fe->slot_state[a->new_sock] = INS_SLOT_FREE;
@@ -563,7 +580,7 @@ static void orphan_free(struct ins_orphan *o)
         }
     }
     epoll_ctl(o->fe->eng->epfd, EPOLL_CTL_DEL, o->fd, NULL);
-    close(o->fd);
+    sock_close_fd(o->fd);
     o->fe->st.buf_bytes -= o->len;
     free(o->buf);
     o->buf = NULL;
@@ -1389,27 +1406,34 @@ static void front_rescan(struct ins_front *fe)
             sock_pump(fe->socks[i]);
 }
 
-/* The frontend kicked (or may have): take requests and fq events until both are empty. */
+/* The frontend kicked (or may have): take requests and fq events until both are empty, or
+ * until its turn's budget is spent (then `again`: the loop comes back to it after looking at
+ * everything else, so that a frontend that never stops sending cannot starve the others). */
 static void front_service(struct ins_front *fe)
 {
+    int budget = SERVICE_BUDGET;
     struct mw_event ev;
     struct mw_req req;
     const char *why;
     int rc, more;
 
+    fe->again = 0;
     while (mw_evtchn_pending(fe->ec) > 0)
         ;
     do {
         if (fe->broken)
             return;
-        while ((rc = mw_cmd_back_take_req(&fe->cmd, &req)) == 1)
+        while (budget > 0 && (rc = mw_cmd_back_take_req(&fe->cmd, &req)) == 1) {
+            budget--;
             if (handle_request(fe, &req) < 0)
                 return;
+        }
         if (rc < 0) {
             violation(fe, "command ring: request index out of bounds");
             return;
         }
-        while ((rc = mw_evq_take(&fe->fq, &ev)) > 0) {
+        while (budget > 0 && (rc = mw_evq_take(&fe->fq, &ev)) > 0) {
+            budget--;
             if (rc == MW_EVQ_RESCAN) {
                 front_rescan(fe);
                 continue;
@@ -1427,6 +1451,10 @@ static void front_service(struct ins_front *fe)
         }
         if (rc < 0) {
             violation(fe, "fq event queue: index out of bounds or bad event");
+            return;
+        }
+        if (budget <= 0) {
+            fe->again = 1;
             return;
         }
         /* before sleeping: ask for a kick on the next request and event, then look again */
@@ -1719,15 +1747,19 @@ int ins_engine_run(struct ins_engine *e)
     for (fe = e->fronts; fe; fe = fe->next)
         front_service(fe);
     while (!e->stop) {
+        int timeout = -1;
+
         for (fe = e->fronts; fe; fe = fe->next) {
             front_flush(fe);
             if (fe->broken)
                 front_disable(fe);
+            else if (fe->again)
+                timeout = 0;        /* a frontend's turn was cut short: just look around */
         }
         free_dead(e);
         pthread_mutex_unlock(&e->lock);
 
-        n = epoll_wait(e->epfd, evs, EPOLL_BATCH, -1);
+        n = epoll_wait(e->epfd, evs, EPOLL_BATCH, timeout);
 
         pthread_mutex_lock(&e->lock);
         if (n < 0) {
@@ -1772,6 +1804,9 @@ int ins_engine_run(struct ins_engine *e)
             }
             }
         }
+        for (fe = e->fronts; fe; fe = fe->next)
+            if (fe->again && !fe->broken)
+                front_service(fe);
     }
     for (fe = e->fronts; fe; fe = fe->next)
         front_flush(fe);

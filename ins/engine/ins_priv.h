@@ -96,6 +96,7 @@ struct ins_front {
     int broken;                /* a violation: nothing more is read from the area */
     int disabled;              /* broken and its sockets already closed */
     int dirty;                 /* responses or events to push */
+    int again;                 /* its last turn ended on the budget: more may be waiting */
     struct mw_area area;
     struct mw_limits lim;
     struct mw_cmd_back cmd;

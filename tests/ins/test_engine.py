@@ -447,3 +447,28 @@ def test_ipv6_loopback(fronts):
     assert f.read(0, want=2)[0] == b"v6"
     peer.close()
     lst.close()
+
+
+def test_linger_never_blocks_the_ins(fronts):
+    """SO_LINGER {on, 30 s} would make close(2) wait in the INS: it must not."""
+    f = fronts()
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    lst.bind((LOOP, 0))
+    lst.listen(1)
+    assert f.socket(0) == 0
+    small = (4096).to_bytes(4, "little")
+    assert f.call(codec.SetSockOpt(0, 0, socket.SOL_SOCKET, socket.SO_SNDBUF, small)).ret == 0
+    linger = (1).to_bytes(4, "little") + (30).to_bytes(4, "little")
+    assert f.call(codec.SetSockOpt(0, 0, socket.SOL_SOCKET, socket.SO_LINGER, linger)).ret == 0
+    assert f.call(codec.Connect(0, 0, addr(*lst.getsockname()))).ret == 0
+    peer, _ = lst.accept()           # never reads
+    f.write(0, os.urandom(60000))
+    t0 = time.monotonic()
+    assert f.call(codec.Close(0, 0)).ret == 0
+    assert f.call(codec.Ping(0, 1)).ret == 0
+    f.engine.detach(f.handle)        # drops the unsent bytes kept for the closed socket
+    f.handle = 0
+    assert time.monotonic() - t0 < 5
+    peer.close()
+    lst.close()
