@@ -43,7 +43,7 @@ class Engine:
     """One INS engine. log_fd: where C log lines go (-1: stderr); max_socks, max_buf_bytes:
     per-frontend limits (0: the defaults of ins_engine.h)."""
 
-    def __init__(self, *, log_fd: int = -1, dns_workers: int = 2, max_socks: int = 0,
+    def __init__(self, *, log_fd: int = -1, dns_workers: int = 0, max_socks: int = 0,
                  max_buf_bytes: int = 0):
         cfg = ffi.new("struct ins_config *")
         cfg.log_fd = log_fd

@@ -35,7 +35,7 @@
 
 #include "ins_priv.h"
 
-#define DEFAULT_DNS_WORKERS 2u
+#define DEFAULT_DNS_WORKERS 4u
 #define DEFAULT_MAX_BUF (64ull << 20)
 #define EPOLL_BATCH 64
 #define SERVICE_BUDGET 512       /* requests + events of one frontend per turn */
@@ -1258,6 +1258,23 @@ static int do_ping(struct ins_front *fe, const struct mw_req *req)
     return respond(fe, &rsp);
 }
 
+/* Hand a resolver job to the pool, or keep it in the frontend's own queue while the frontend
+ * already has half the workers busy: one frontend's slow names cannot take the resolver from
+ * the others. */
+static void dns_queue(struct ins_front *fe, struct ins_dns_job *job)
+{
+    uint32_t cap = fe->eng->cfg.dns_workers / 2 ? fe->eng->cfg.dns_workers / 2 : 1;
+
+    job->next = NULL;
+    if (fe->dns_inflight < cap) {
+        fe->dns_inflight++;
+        ins_dns_submit(fe->eng, job);
+        return;
+    }
+    *fe->dns_wait_tail = job;
+    fe->dns_wait_tail = &job->next;
+}
+
 static int do_getaddrinfo(struct ins_front *fe, const struct mw_req *req)
 {
     const struct mw_req_getaddrinfo *b = &req->u.getaddrinfo;
@@ -1296,7 +1313,7 @@ static int do_getaddrinfo(struct ins_front *fe, const struct mw_req *req)
         job->hints.ai_family = AF_INET;
     job->hints.ai_socktype = b->ai_socktype;
     job->hints.ai_protocol = b->ai_protocol;
-    ins_dns_submit(fe->eng, job);
+    dns_queue(fe, job);
     return 0;
 
 out:
@@ -1331,7 +1348,7 @@ static int do_getnameinfo(struct ins_front *fe, const struct mw_req *req)
     job->features = fe->features;
     ins_sockaddr_to(&b->addr, &job->addr, &job->addrlen);
     job->ni_flags = b->flags;
-    ins_dns_submit(fe->eng, job);
+    dns_queue(fe, job);
     return 0;
 
 out:
@@ -1490,6 +1507,12 @@ static void front_disable(struct ins_front *fe)
 
 static void front_free(struct ins_front *fe)
 {
+    struct ins_dns_job *job;
+
+    while ((job = fe->dns_wait)) {
+        fe->dns_wait = job->next;
+        ins_dns_job_free(job);
+    }
     free(fe->socks);
     free(fe->slot_state);
     free(fe);
@@ -1644,6 +1667,7 @@ int ins_engine_attach(struct ins_engine *e, uint32_t front_id, void *base, size_
     fe->max_socks = e->cfg.max_socks && e->cfg.max_socks < fe->area.nsocks ?
                     e->cfg.max_socks : fe->area.nsocks;
     fe->max_buf = e->cfg.max_buf_bytes;
+    fe->dns_wait_tail = &fe->dns_wait;
     fe->st.front_id = front_id;
 
     pthread_mutex_lock(&e->lock);
@@ -1720,6 +1744,17 @@ static void dns_results(struct ins_engine *e)
 
         for (fe = e->fronts; fe && (uint64_t)fe->handle != job->serial; fe = fe->next)
             ;
+        if (fe) {
+            struct ins_dns_job *next = fe->dns_wait;
+
+            fe->dns_inflight--;
+            if (next && !fe->broken) {
+                fe->dns_wait = next->next;
+                if (!fe->dns_wait)
+                    fe->dns_wait_tail = &fe->dns_wait;
+                dns_queue(fe, next);
+            }
+        }
         if (fe && !fe->broken) {
             if (job->ans_len)
                 memcpy(fe->area.data + job->ool_off, job->ans, job->ans_len);

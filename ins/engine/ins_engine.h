@@ -39,7 +39,7 @@
 
 struct ins_config {
     int log_fd;                /* where log lines go (-1: stderr) */
-    uint32_t dns_workers;      /* resolver threads (0: 2) */
+    uint32_t dns_workers;      /* resolver threads (0: 4); one frontend uses at most half */
     uint32_t max_socks;        /* sockets per frontend (0: the frontend's sock-slots) */
     uint64_t max_buf_bytes;    /* kernel socket buffers (SO_SNDBUF + SO_RCVBUF) plus data held
                                 * for closed sockets, per frontend (0: 64 MiB) */

@@ -108,6 +108,8 @@ struct ins_front {
     uint8_t *slot_state;       /* enum ins_slot_state, by slot */
     struct ins_sock **socks;   /* by slot, NULL when not open */
     struct ins_orphan *orphans;
+    struct ins_dns_job *dns_wait, **dns_wait_tail;  /* resolver jobs not handed out yet */
+    uint32_t dns_inflight;     /* jobs in the pool (at most half the workers) */
     uint32_t max_socks;
     uint64_t max_buf;
     struct ins_front_stats st;

@@ -472,3 +472,21 @@ def test_linger_never_blocks_the_ins(fronts):
     assert time.monotonic() - t0 < 5
     peer.close()
     lst.close()
+
+
+def test_many_lookups_at_once_are_all_answered(fronts):
+    """More lookups in flight than the frontend's share of the resolver pool: the rest wait
+    in the INS and are all answered, each into its own buffer."""
+    f = fronts()
+    ids = {}
+    for i in range(8):
+        off = f.alloc(4096)
+        f.put_data(off, b"127.0.0.%d" % (i + 1))
+        ids[f.send(codec.GetAddrInfo(0, codec.Ool(off, 4096), 9, 0,
+                                     flags=socket.AI_NUMERICHOST,
+                                     family=codec.AF_INET, socktype=codec.SOCK_DGRAM))] = (i, off)
+    for rid, (i, off) in ids.items():
+        rsp = f.wait(rid)
+        assert rsp.ret == 0 and rsp.body.status == 0
+        ans = codec.decode_ai_answer(f.data(off, rsp.body.len))
+        assert [e.addr.to_tuple()[0] for e in ans.entries] == ["127.0.0.%d" % (i + 1)]
