@@ -61,7 +61,7 @@ class Engine:
 
     @property
     def link_fd(self) -> int:
-        """Readable when the engine detached itself after a protocol violation (see link())."""
+        """Readable when the engine detached itself: a violation, or the INS vanished (link())."""
         return lib.mwfe_link_fd(self._ptr)
 
     def attach(self, link) -> None:
@@ -82,15 +82,19 @@ class Engine:
         self._link = None
 
     def link(self) -> tuple[int, str]:
-        """(1 attached | 0 detached | -EPROTO detached by a violation, the violation's reason);
-        drains link_fd."""
+        """(1 attached | 0 detached | -EPROTO detached by a violation | -EPIPE detached because
+        the INS vanished, the reason)."""
+        why = ffi.new("char[]", 200)
+        state = lib.mwfe_link(self._ptr, why, 200)
+        return state, ffi.string(why).decode("utf-8", "replace")
+
+    def link_event(self) -> tuple[int, str]:
+        """link(), after draining link_fd (call it when link_fd is readable)."""
         try:
             os.read(self.link_fd, 8)
         except BlockingIOError:
             pass
-        why = ffi.new("char[]", 200)
-        state = lib.mwfe_link(self._ptr, why, 200)
-        return state, ffi.string(why).decode("utf-8", "replace")
+        return self.link()
 
     def stats(self) -> dict[str, int]:
         st = ffi.new("struct mwfe_stats *")

@@ -95,13 +95,15 @@ class FrontendDaemon:
             stop.wait(0.5)
         return None
 
-    def _violation(self, why: str, stop: threading.Event) -> None:
-        """The engine detached itself: say why, close the connection, then set up again."""
-        log.warning("INS dom%d broke the protocol: %s", self.ins_domid, why)
+    def _lost(self, state: int, why: str, stop: threading.Event) -> None:
+        """The engine detached itself (a violation, or the INS vanished): say why, close the
+        connection, then set up again."""
+        what = "protocol violation" if state == -errno.EPROTO else "INS gone"
+        log.warning("INS dom%d: %s: %s", self.ins_domid, what, why)
         self.attached = False
         client = xenbus.connect_xenstore(self.xs_path)
         try:
-            xenbus.write_txn(client, {f"{self.path}/error": f"protocol violation: {why}"[:1000]},
+            xenbus.write_txn(client, {f"{self.path}/error": f"{what}: {why}"[:1000]},
                              require=self.path)
         except OSError:
             pass
@@ -148,9 +150,9 @@ class FrontendDaemon:
                 while not stop.is_set() and runner.is_alive():
                     ready, _, _ = select.select([self.engine.link_fd], [], [], 0.2)
                     if ready:
-                        state, why = self.engine.link()
-                        if state == -errno.EPROTO:
-                            self._violation(why, stop)
+                        state, why = self.engine.link_event()
+                        if state < 0:
+                            self._lost(state, why, stop)
                     if time.monotonic() - last >= 1.0:
                         last = time.monotonic()
                         self.write_stats()

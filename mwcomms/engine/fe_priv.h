@@ -156,7 +156,8 @@ struct mwfe {
     int attached;
     int broken;                /* a violation was seen: detach at the next safe point */
     char why[200];
-    int lost_by_violation;
+    int gone;                  /* broken because the INS vanished, not by a violation */
+    int lost_errno;            /* how the engine detached itself: -EPROTO, -EPIPE, 0 */
     struct mw_area area;
     struct mw_limits lim;
     struct mw_cmd_front *cmd;

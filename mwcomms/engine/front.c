@@ -93,6 +93,18 @@ static void violation(struct mwfe *e, const char *what, const char *why)
     ST_ADD(e, violations, 1);
 }
 
+/* The INS is gone without a word (its domain died): detach as for a violation, with
+ * -EPIPE as the link state, at the next safe point. */
+static void ins_gone(struct mwfe *e, const char *why)
+{
+    if (e->broken)
+        return;
+    e->broken = 1;
+    e->gone = 1;
+    snprintf(e->why, sizeof(e->why), "%s", why);
+    fe_log("%s, detaching", why);
+}
+
 static int ins_ok(const struct mwfe *e)
 {
     return e->attached && !e->broken;
@@ -404,7 +416,9 @@ static void ins_flush(struct mwfe *e)
         e->kick = 1;
     if (e->kick && ins_ok(e)) {
         rc = mw_evtchn_notify(e->ec, e->port);
-        if (rc < 0 && rc != -ENOTCONN)
+        if (rc == -ENOTCONN)     /* sim: the INS's end died with it (its domain is gone) */
+            ins_gone(e, "the INS's event channel end is closed: the INS is gone");
+        else if (rc < 0)
             fe_log("event channel notify: %s", strerror(-rc));
         e->kick = 0;
     }
@@ -1275,7 +1289,8 @@ static void do_detach(struct mwfe *e, int by_violation)
     e->evsrc.fd = -1;
     e->attached = 0;
     e->broken = 0;
-    e->lost_by_violation = by_violation;
+    e->lost_errno = !by_violation ? 0 : e->gone ? -EPIPE : -EPROTO;
+    e->gone = 0;
     fe_buddy_fini(&e->buddy);
     free(e->cmd);
     free(e->by_slot);
@@ -1329,7 +1344,8 @@ static int do_attach(struct mwfe *e, const struct fe_ctl *r)
     e->evsrc.in_epoll = 0;
     e->attached = 1;
     e->broken = 0;
-    e->lost_by_violation = 0;
+    e->lost_errno = 0;
+    e->gone = 0;
     e->why[0] = 0;
     src_watch(e, &e->evsrc, EPOLLIN);
     ST_ADD(e, attaches, 1);
@@ -2290,7 +2306,7 @@ int mwfe_link(struct mwfe *e, char *why, size_t len)
     int ret;
 
     pthread_mutex_lock(&e->lock);
-    ret = e->attached ? 1 : e->lost_by_violation ? -EPROTO : 0;
+    ret = e->attached ? 1 : e->lost_errno;
     if (why && len) {
         strncpy(why, e->why, len - 1);
         why[len - 1] = 0;

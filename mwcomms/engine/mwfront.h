@@ -110,11 +110,13 @@ void mwfe_stats(struct mwfe *e, struct mwfe_stats *st);
 /**
  * State of the INS link.
  * @param why  receives the reason of the last self-detach (violation), "" if none
- * @return 1 attached, 0 detached, -EPROTO detached by a violation (until the next attach)
+ * @return 1 attached, 0 detached, -EPROTO detached by a violation, -EPIPE detached because
+ *         the INS vanished (sim: its event channel end closed), until the next attach
  */
 int mwfe_link(struct mwfe *e, char *why, size_t len);
 
-/** @return an eventfd that becomes readable when the engine detached itself (read it to clear) */
+/** @return an eventfd that becomes readable when the engine detached itself (violation or
+ *          INS gone; read it to clear) */
 int mwfe_link_fd(struct mwfe *e);
 
 #endif /* MWCOMMS_MWFRONT_H */

@@ -627,3 +627,30 @@ def test_tcp_ipv6_loopback(up):
     assert ret == 0 and parse_sockaddr(body)[1:] == ("::1", port)
     x.close(), peer.close()
     c.close()
+
+
+def test_ins_killed_fails_sockets_on_next_use_and_reconnects(up):
+    """The INS dies without a word (SIGKILL: its domain destroyed). The next request that has
+    to reach it finds its event channel end gone: every socket fails, and mwcommsd connects
+    again to the INS that is started afterwards."""
+    lst = socket.create_server(("127.0.0.1", 0))
+    c = Local(up.control)
+    h, x = c.socket()
+    assert c.connect(h, "127.0.0.1", lst.getsockname()[1]) == 0
+    peer, _ = lst.accept()
+    up.ins.kill()
+    up.ins.wait()
+    x.sendall(b"into the void")          # tx DATA: the kick finds the INS gone
+    x.settimeout(10)
+    assert x.recv(10) == b""
+    assert c.status(h) == (-errno.ECONNRESET, ST_CLOSED)
+    _wait(lambda: b"INS gone" in (xenbus.read_opt(up.tool, f"{up.fp}/error") or b""), 10,
+          "error key")
+    up.start_ins()
+    _wait(lambda: up.state(up.fp) == 4 and up.state(up.bp) == 4, 30, f"reconnect\n{up.logs()}")
+    up.wait_connected()
+    h2, x2 = c.socket()
+    assert c.connect(h2, "127.0.0.1", lst.getsockname()[1]) == 0
+    x2.close(), x.close(), peer.close()
+    c.close()
+    assert up.stop(up.mwd) == 0, up.logs()
