@@ -1,6 +1,7 @@
 """The INS daemon: one per INS domain, serving every frontend the toolstack attaches to it.
 
     python -m mwcomms.ins.daemon --backend sim --sim-dir D --domid 2 --xenstore SOCKET [--log F]
+                                 [--stats F] [--max-socks N] [--max-buf-mb N]
     python -m mwcomms.ins.daemon                 # on Xen: platform and domid found by itself
 
 It watches /local/domain/<ins>/backend/mwcomms/ for device directories (created by the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import queue
@@ -86,15 +88,20 @@ class _Device:
         log.warning("device %s: frontend dom%d disconnected: %s", self.path, self.front, why)
 
         def cycle():
-            self.driver.want = False            # rule 7: Closing, teardown, Closed
-            end = time.monotonic() + 10
-            while not self.stop.is_set() and time.monotonic() < end:
-                if self.handle == 0 and self.driver.my_state() in (
-                        XenbusState.CLOSED, XenbusState.UNKNOWN):
-                    break
-                time.sleep(0.05)
-            if not self.stop.is_set():
-                self.driver.want = True         # rule 1: advertise again
+            # the driver's XenStore connection belongs to its thread: watch with our own
+            client = self.daemon.xs_client()
+            try:
+                self.driver.want = False        # rule 7: Closing, teardown, Closed
+                end = time.monotonic() + 10
+                while not self.stop.is_set() and time.monotonic() < end:
+                    state = XenbusState.parse(xenbus.read_opt(client, f"{self.path}/state"))
+                    if self.handle == 0 and state in (XenbusState.CLOSED, XenbusState.UNKNOWN):
+                        break
+                    time.sleep(0.05)
+            finally:
+                client.close()
+                if not self.stop.is_set():
+                    self.driver.want = True     # rule 1: advertise again
 
         client = self.daemon.xs_client()
         try:
@@ -122,8 +129,10 @@ class InsDaemon:
 
     def __init__(self, plat: Platform, xs_path: str | None, domid: int, *,
                  limits: connection.Limits | None = None, log_fd: int = -1,
-                 max_socks: int = 0, max_buf_bytes: int = 0, retry_delay: float = 1.0):
+                 max_socks: int = 0, max_buf_bytes: int = 0, retry_delay: float = 1.0,
+                 stats_path: str | None = None):
         self.plat = plat
+        self.stats_path = stats_path
         self.xs_path = xs_path
         self.domid = domid
         self.limits = limits or connection.Limits()
@@ -174,9 +183,38 @@ class InsDaemon:
                 if dev.handle == handle:
                     dev.kick_out(why)
 
+    def stats(self, client: pyxs.Client) -> dict:
+        """The engine's counters per device (for mwctl); `client` is the caller's own XenStore
+        connection (a driver's belongs to its thread)."""
+        out = {}
+        for (front, devid), dev in list(self.devices.items()):
+            state = XenbusState.parse(xenbus.read_opt(client, f"{dev.path}/state"))
+            entry = {"front": front, "devid": devid, "state": state.name}
+            handle = dev.handle
+            if handle:
+                try:
+                    entry.update(self.engine.stats(handle))
+                except OSError:
+                    pass
+            out[dev.path] = entry
+        return out
+
+    def _write_stats(self, client: pyxs.Client) -> None:
+        if not self.stats_path:
+            return
+        tmp = f"{self.stats_path}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"domid": self.domid, "time": time.time(), "devices": self.stats(client)},
+                          f, indent=1)
+            os.replace(tmp, self.stats_path)
+        except OSError as exc:
+            log.warning("stats: %s", exc)
+
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set, then close every device and the engine."""
         self.engine.start()
+        next_stats = 0.0
         client = self.xs_client()
         monitor = pyxs.Monitor(copy.copy(client))   # as xenbus does: shares the connection
         try:
@@ -188,6 +226,9 @@ class InsDaemon:
                 # engine's fd; both are looked at at least every 0.2 s
                 if select.select([self.engine.notify_fd], [], [], 0)[0]:
                     self._violations()
+                if time.monotonic() >= next_stats:
+                    self._write_stats(client)
+                    next_stats = time.monotonic() + 1.0
                 try:
                     monitor.events.get(timeout=0.2)
                     while True:
@@ -227,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", help="log file (default: stderr)")
     ap.add_argument("--max-socks", type=int, default=0, help="sockets per frontend")
     ap.add_argument("--max-buf-mb", type=int, default=0, help="socket buffers per frontend, MiB")
+    ap.add_argument("--stats", help="write the engine's counters per device here as JSON, "
+                                    "every second")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
 
@@ -261,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         daemon = InsDaemon(plat, args.xenstore, domid, log_fd=log_fd,
-                           max_socks=args.max_socks, max_buf_bytes=args.max_buf_mb << 20)
+                           max_socks=args.max_socks, max_buf_bytes=args.max_buf_mb << 20,
+                           stats_path=args.stats)
         failed = []
 
         def serve():

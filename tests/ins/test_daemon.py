@@ -2,6 +2,7 @@
 daemon started with `python -m mwcomms.ins.daemon`, and a FrontendDriver + FrontLink in this
 process that reaches Connected, talks to the engine through the area, and sees the INS leave
 cleanly on SIGTERM."""
+import json
 import os
 import select
 import signal
@@ -28,7 +29,8 @@ def _start_daemon(xs, simdir, logfile):
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "mwcomms.ins.daemon", "--backend", "sim", "--sim-dir", simdir,
-         "--domid", str(INS), "--xenstore", xs.domain_socket(INS), "--log", logfile],
+         "--domid", str(INS), "--xenstore", xs.domain_socket(INS), "--log", logfile,
+         "--stats", logfile + ".stats"],
         env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -109,6 +111,19 @@ def test_daemon_connects_serves_and_leaves_on_sigterm(setup):
         rsp = front.call(codec.Connect(0, 0, codec.SockAddr.from_tuple(lst.getsockname())))
         assert rsp.ret == 0
         peer, _ = lst.accept()
+        # the daemon's counters (for mwctl): this device, its socket and requests
+        end = time.monotonic() + 10
+        while True:
+            try:
+                dev = json.load(open(logfile + ".stats"))["devices"][bp]
+                if dev.get("requests", {}).get("CONNECT") == 1:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            assert time.monotonic() < end, "no stats"
+            time.sleep(0.1)
+        assert dev["state"] == "CONNECTED" and dev["sockets"] == 1 and dev["front_id"] == FRONT
+        assert dev["requests"] == {"PING": 1, "SOCKET": 1, "CONNECT": 1} and not dev["broken"]
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.stdout.read().decode()
