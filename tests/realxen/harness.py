@@ -52,7 +52,8 @@ FATAL = re.compile(r"Panic on CPU|Dom0 crashed|Kernel panic|KVM internal error")
 # QEMU refusing to start for a reason of this machine, not of the images.
 QEMU_ENV_ERROR = re.compile(r"(?i)no accelerator found|invalid accelerator|failed to initialize"
                             r"|could not access KVM|Cannot allocate memory")
-XENT_LINE = re.compile(r"^XENT (PASS|FAIL|SKIP) ([A-Za-z0-9_./:+-]+)(?::\s?(.*))?$")
+# A result line; searched, not anchored, in case other console output lands before it.
+XENT_LINE = re.compile(r"(?<![A-Za-z-])XENT (PASS|FAIL|SKIP) ([A-Za-z0-9_./+-]+)(?::\s?(.*))?$")
 
 
 class SetupError(Exception):
@@ -645,40 +646,11 @@ def boot(cfg, clock, result, cmd):
         qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     t0 = time.monotonic()
     marks = {}
-    pending, why_stop = b"", None
-    t_done = None
-    with open(serial, "rb") as f:
-        while True:
-            exited = qemu.poll() is not None
-            chunk = f.read()
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if exited and pending:
-                lines.append(pending)
-                pending = b""
-            for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                why_stop = _follow(cfg, clock, result, marks, line, time.monotonic() - t0) or why_stop
-            if exited:
-                break
-            now = time.monotonic() - t0
-            if "done" in marks and t_done is None:
-                t_done = now
-            if why_stop is None:
-                if t_done is not None and now > t_done + 60:
-                    why_stop = "dom0 did not power off 60 s after the payload finished"
-                elif "dom0-userspace" not in marks and now > cfg.boot_timeout:
-                    why_stop = "no dom0 userspace within %.0f s" % cfg.boot_timeout
-                elif now > cfg.timeout:
-                    why_stop = "global timeout of %.0f s" % cfg.timeout
-                if why_stop:
-                    clock.log("stopping QEMU: %s" % why_stop)
-                    qemu.terminate()
-                    try:
-                        qemu.wait(10)
-                    except subprocess.TimeoutExpired:
-                        qemu.kill()
-            time.sleep(0.2)
+    try:
+        why_stop = _watch(cfg, clock, result, qemu, serial, t0, marks)
+    finally:
+        if qemu.poll() is None:   # interrupted (^C, an exception): no QEMU left behind
+            qemu.kill()
     qemu.wait()
     result.timings["qemu"] = time.monotonic() - t0
     for k, v in marks.items():
@@ -701,6 +673,46 @@ def boot(cfg, clock, result, cmd):
     return EXIT_OK
 
 
+def _watch(cfg, clock, result, qemu, serial, t0, marks):
+    """Follow the console until QEMU exits; stop it on a fatal message or a timeout.
+    @return why it was stopped, or None"""
+    pending, why_stop, stopped, t_done = b"", None, False, None
+    with open(serial, "rb") as f:
+        while True:
+            exited = qemu.poll() is not None
+            pending += f.read()
+            *lines, pending = pending.split(b"\n")
+            if exited and pending:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                why_stop = why_stop or _follow(cfg, clock, result, marks, line, time.monotonic() - t0)
+            if exited:
+                break
+            now = time.monotonic() - t0
+            if "done" in marks and t_done is None:
+                t_done = now
+            if why_stop is None:
+                if t_done is not None and now > t_done + 60:
+                    why_stop = "dom0 did not power off 60 s after the payload finished"
+                elif "dom0-userspace" not in marks and now > cfg.boot_timeout:
+                    why_stop = "no dom0 userspace within %.0f s" % cfg.boot_timeout
+                elif now > cfg.timeout:
+                    why_stop = "global timeout of %.0f s" % cfg.timeout
+            if why_stop and not stopped:
+                # the console goes on being read until QEMU is gone: the last lines explain
+                clock.log("stopping QEMU: %s" % why_stop)
+                qemu.terminate()
+                stopped = True
+                try:
+                    qemu.wait(10)
+                except subprocess.TimeoutExpired:
+                    qemu.kill()
+            time.sleep(0.2)
+    return why_stop
+
+
 def _follow(cfg, clock, result, marks, line, now):
     """One console line: timing marks, XENT results, fatal errors. @return a reason to stop."""
     if cfg.verbose:
@@ -708,12 +720,18 @@ def _follow(cfg, clock, result, marks, line, now):
     if "xen" not in marks and "Xen version %s" % XENVER in line:
         marks["xen"] = now
         clock.log("boot: Xen %s started at +%.1f s" % (XENVER, now))
-    m = re.match(r"^XENT-BOOT (\S+)(.*)", line)
+    at = line.find("XENT-LOG ")
+    if at >= 0:   # context: program output, never parsed as a result or a fatal error
+        marks.setdefault("_context", []).append(line[at + len("XENT-LOG "):])
+        if cfg.echo_logs and not cfg.verbose:
+            clock.log(line)
+        return None
+    m = re.search(r"XENT-BOOT (\S+)(.*)", line)
     if m:
         marks.setdefault(m.group(1), now)
         clock.log("boot: %s at +%.1f s%s" % (m.group(1), now, m.group(2)))
         return None
-    m = XENT_LINE.match(line)
+    m = XENT_LINE.search(line)
     if m:
         status, name, why = m.group(1), m.group(2), (m.group(3) or "")
         result.status[name] = status
@@ -723,12 +741,7 @@ def _follow(cfg, clock, result, marks, line, now):
         if not cfg.verbose:
             clock.log(line)
         return None
-    if line.startswith("XENT-LOG "):
-        marks.setdefault("_context", []).append(line[len("XENT-LOG "):])
-        if cfg.echo_logs and not cfg.verbose:
-            clock.log(line)
-        return None
-    if line.startswith("XENT "):   # malformed result line: shown, never counted
+    if "XENT " in line:   # a malformed result line: shown, never counted
         if not cfg.verbose:
             clock.log(line)
         return None

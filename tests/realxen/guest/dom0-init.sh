@@ -15,6 +15,9 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /dev/shm
 mkdir -p /run/xen /run/xenstored /run/lock /var/log/xen/console /var/lib/xen
 exec </dev/console >/dev/console 2>&1
+# kernel messages below KERN_ALERT stay in dmesg: on the shared console they could land in
+# the middle of a result line
+echo 2 > /proc/sys/kernel/printk
 
 up() { cut -d' ' -f1 /proc/uptime; }
 finish() {
