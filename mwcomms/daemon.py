@@ -101,22 +101,25 @@ class FrontendDaemon:
         what = "protocol violation" if state == -errno.EPROTO else "INS gone"
         log.warning("INS dom%d: %s: %s", self.ins_domid, what, why)
         self.attached = False
+        # A client of our own: the driver's belongs to the driver's thread.
         client = xenbus.connect_xenstore(self.xs_path)
-        try:
-            xenbus.write_txn(client, {f"{self.path}/error": f"{what}: {why}"[:1000]},
-                             require=self.path)
-        except OSError:
-            pass
-        finally:
-            client.close()
         driver = self.driver
-        driver.want = False                      # rule 5: Closing, wait for the INS, Closed
-        end = time.monotonic() + 10
-        while not stop.is_set() and time.monotonic() < end:
-            if driver.my_state() in (XenbusState.CLOSED, XenbusState.UNKNOWN):
-                break
-            time.sleep(0.05)
-        driver.want = True                       # rule 2 sets up again for the next INS
+        try:
+            try:
+                xenbus.write_txn(client, {f"{self.path}/error": f"{what}: {why}"[:1000]},
+                                 require=self.path)
+            except OSError:
+                pass
+            driver.want = False                  # rule 5: Closing, wait for the INS, Closed
+            end = time.monotonic() + 10
+            while not stop.is_set() and time.monotonic() < end:
+                state = XenbusState.parse(xenbus.read_opt(client, f"{self.path}/state"))
+                if state in (XenbusState.CLOSED, XenbusState.UNKNOWN):
+                    break
+                time.sleep(0.05)
+        finally:
+            driver.want = True                   # rule 2 sets up again for the next INS
+            client.close()
 
     def write_stats(self) -> None:
         """The engine's counters and the link state as JSON in stats_path (replaced

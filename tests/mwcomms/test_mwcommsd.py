@@ -507,10 +507,46 @@ def test_shim_threads_and_fork_through_mwcommsd(up, tmp_path):
         f"rc {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}\n{up.logs()}"
 
 
-def test_hostile_ins_response_detaches_and_sets_up_again(world):
-    """An INS (here a fake one in this process) that answers SOCKET with a nonzero pad breaks
-    the protocol: mwcommsd answers the parked call ENETDOWN, writes the reason to its `error`
-    key, leaves the connection and sets up a fresh one; the daemon itself carries on."""
+def _rsp_bad_pad(back, req, mem):
+    rid, cmd, _, sock = struct.unpack_from("<IHHI", req)
+    back.put(struct.pack("<IHHIiII", rid, cmd, 0, sock, 0, 7, 0))       # pad not zero
+    back.push()
+
+
+def _rsp_unknown_id(back, req, mem):
+    rid, cmd, _, sock = struct.unpack_from("<IHHI", req)
+    back.put(struct.pack("<IHHIi", rid ^ 0x5a5a0000, cmd, 0, sock, 0))   # no such request
+    back.push()
+
+
+def _rsp_runaway_index(back, req, mem):
+    struct.pack_into("<I", mem, 64, 1000)          # rsp_prod far past the requests sent
+
+
+def _rsp_bad_answer(back, req, mem):
+    """GETADDRINFO: an answer whose entry count does not match its length."""
+    rid, cmd, _, sock = struct.unpack_from("<IHHI", req)
+    off, length = struct.unpack_from("<II", req, 16)
+    data_off = mem_data_offset[0]
+    struct.pack_into("<II", mem, data_off + off, 5, 0)
+    back.put(struct.pack("<IHHIiII", rid, cmd, 0, sock, 0, 0, 0) + struct.pack("<iiII", 0, 0, 8, 0))
+    back.push()
+
+
+mem_data_offset = [0]
+_GAI_BODY = struct.pack("<iiiiHHI", 0, 0, 0, 0, 9, 0, 0) + b"localhost"
+
+
+@pytest.mark.parametrize("op,body,respond,reason", [
+    (SOCKET, struct.pack("<iiiI", 2, 1, 0, 0), _rsp_bad_pad, "response padding not zero"),
+    (SOCKET, struct.pack("<iiiI", 2, 1, 0, 0), _rsp_unknown_id, "command ring"),
+    (SOCKET, struct.pack("<iiiI", 2, 1, 0, 0), _rsp_runaway_index, "command ring"),
+    (GETADDRINFO, _GAI_BODY, _rsp_bad_answer, "answer length does not match its contents"),
+])
+def test_hostile_ins_response_detaches_and_sets_up_again(world, op, body, respond, reason):
+    """An INS (here a fake one in this process) that breaks the protocol in its answer:
+    mwcommsd answers the parked call ENETDOWN, writes the reason to its `error` key, leaves the
+    connection and sets up a fresh one; the daemon itself carries on."""
     world.start_mwcommsd()
     plat = Platform("sim", sim_dir=world.simdir, domid=INS)
     link = connection.BackLink(plat, FRONT)
@@ -528,12 +564,13 @@ def test_hostile_ins_response_detaches_and_sets_up_again(world):
         area_ = ring.Area(view, ring.Geometry(lay.cmd_ring_pages, lay.evq_pages,
                                               lay.sock_slots, lay.data_pages))
         back = ring.CommandBack(area_)
+        mem = memoryview(view)
+        mem_data_offset[0] = (lay.area_pages - lay.data_pages) * 4096
         result = {}
 
         def call():
             c = Local(world.control)
-            result["ret"] = c.call(SOCKET, struct.pack("<iiiI", socket.AF_INET,
-                                                       socket.SOCK_STREAM, 0, 0))[0]
+            result["ret"] = c.call(op, body)[0]
             c.close()
         caller = threading.Thread(target=call)
         caller.start()
@@ -543,14 +580,11 @@ def test_hostile_ins_response_detaches_and_sets_up_again(world):
             req = back.take()
             time.sleep(0.01)
         assert req is not None, "no request reached the INS"
-        rid, cmd, _, sock = struct.unpack_from("<IHHI", req)
-        assert cmd == 1                                     # MW_CMD_SOCKET
-        back.put(struct.pack("<IHHIiII", rid, cmd, 0, sock, 0, 7, 0))   # pad not zero
-        back.push()
+        respond(back, req, mem)
         link.evtchn.notify(link.port)
         caller.join(20)
         assert result.get("ret") == -errno.ENETDOWN, result
-        _wait(lambda: b"response padding not zero" in
+        _wait(lambda: reason.encode() in
               (xenbus.read_opt(world.tool, f"{world.fp}/error") or b""), 10, "error key")
         # the frontend left and came back for a fresh connection (the fake INS re-advertises)
         _wait(lambda: world.state(world.fp) in (3, 4) and world.state(world.bp) in (2, 4), 20,
@@ -565,7 +599,7 @@ def test_hostile_ins_response_detaches_and_sets_up_again(world):
         client.close()
         plat.close()
     assert world.stop(world.mwd) == 0, world.logs()
-    assert "response padding not zero" in world.logs()
+    assert reason in world.logs()
 
 
 def _fill(sender: socket.socket, limit: int) -> bytes:
