@@ -21,8 +21,10 @@ creates there inherit the domU's ownership, so the domU can read them).
 
 Importing this module has no side effects: the host harness imports it for NAMES.
 """
+import errno
 import importlib.util
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -228,9 +230,12 @@ def step_xenstore_pyxs(ctx):
         # a watch fires for a write made by another client (the C tool)
         with c.monitor() as m:
             m.watch(base + b"/w", b"tok")
-            m.events.get(timeout=10)          # the initial event on registration
-            xs_write("/xent/pyxs/w", "1")
-            path, token = m.events.get(timeout=10)
+            try:
+                m.events.get(timeout=10)          # the initial event on registration
+                xs_write("/xent/pyxs/w", "1")
+                path, token = m.events.get(timeout=10)
+            except queue.Empty:
+                raise Fail("no watch event within 10 s") from None
             if (path, token) != (base + b"/w", b"tok"):
                 raise Fail("watch event %r" % ((path, token),))
         # a transaction sees its own write, hides it from others until commit, and fails to
@@ -265,7 +270,6 @@ def step_plat_python(ctx):
     """Grants and event channels of dom0 with itself through mwcomms.xen.platform: what one
     side writes the other reads, both ways; a bogus grant reference is an OSError, not a crash;
     notifications cross both ways and are taken once."""
-    import errno
     from mwcomms.xen.platform import Platform
     with Platform(backend="xen") as plat:
         if plat.backend != "xen":
@@ -308,19 +312,20 @@ def step_plat_python(ctx):
         refs, bad, pa, pb, spurious or "none", rounds, rtt * 1e6)
 
 
-def _plat_result(out, who):
-    """The PLAT lines of plat_xentest output: Fail with the failing checks unless PASS."""
+def _plat_result(out, rc, who):
+    """plat_xentest's verdict: exit 0, "PLAT RESULT: PASS" and no PLAT FAIL, else Fail with
+    the failed checks."""
     fails = [l for l in out.splitlines() if l.startswith("PLAT FAIL")]
-    if "PLAT RESULT: PASS" in out and not fails:
+    if rc == 0 and "PLAT RESULT: PASS" in out and not fails:
         return
-    raise Fail("%s: %s" % (who, "; ".join(fails)[:400] or "no 'PLAT RESULT: PASS' line"))
+    raise Fail("%s rc=%d: %s" % (who, rc, "; ".join(fails)[:400] or "no 'PLAT RESULT: PASS' line"))
 
 
 def step_plat_self(ctx):
     prog = program("plat_xentest")
     rc, out = sh([prog, "self", "0"], timeout=60)   # xen: grants need our own domid
     log("\n".join("dom0| " + l for l in out.splitlines()))
-    _plat_result(out, "dom0 self-test rc=%d" % rc)
+    _plat_result(out, rc, "dom0 self-test")
     return "%d checks" % out.count("PLAT PASS")
 
 
@@ -343,8 +348,8 @@ def step_plat_domu_offers(ctx):
     rc, out = sh([program("plat_xentest"), "map", str(domu.domid)] + offer.split(), timeout=60)
     log("\n".join("dom0| " + l for l in out.splitlines()))
     rc_u, out_u = domu.wait(n, 60)
-    _plat_result(out, "dom0 (map) rc=%d" % rc)
-    _plat_result(out_u, "domU (offer) rc=%d" % rc_u)
+    _plat_result(out, rc, "dom0 (map)")
+    _plat_result(out_u, rc_u, "domU (offer)")
     return "domU offered %s; dom0 mapped it" % offer
 
 
@@ -369,8 +374,8 @@ def step_plat_dom0_offers(ctx):
             dom0.kill()
             dom0.wait()
     log("\n".join("dom0| " + l for l in out.splitlines()))
-    _plat_result(out_u, "domU (map) rc=%d" % rc_u)
-    _plat_result(out, "dom0 (offer) rc=%d" % dom0.returncode)
+    _plat_result(out_u, rc_u, "domU (map)")
+    _plat_result(out, dom0.returncode, "dom0 (offer)")
     return "dom0 offered %s via %s; domU mapped it" % (offer, node)
 
 
