@@ -231,3 +231,12 @@ def test_asyncio_server_and_64_threaded_clients(shim, run, fake):
     assert r.returncode == 0, r.stderr[-4000:]
     assert "RESULTS 64 64" in r.stdout, r.stdout + r.stderr[-2000:]
     assert "ASYNC-CLIENT True" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("mode", ["block-slow", "nbaccept-nbconn-nodelay-names"])
+def test_concurrent_connections_through_fake_mwcommsd(shim, run, fake, mode):
+    """tests/shim/programs/concurrent_echo.py: 32 clients, connections piling up (slow)."""
+    prog = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs",
+                        "concurrent_echo.py")
+    r = run(shim, [sys.executable, prog, "32", "50000", mode], fake.path, timeout=120)
+    assert "RESULT ok=32 accepted=32 of=32" in r.stdout, r.stdout + r.stderr[-2000:]
