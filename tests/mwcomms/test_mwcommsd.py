@@ -10,8 +10,10 @@ import select
 import signal
 import socket
 import struct
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -113,7 +115,9 @@ class World:
     def __init__(self, xs, tool, tmp_path):
         self.xs, self.tool, self.tmp = xs, tool, tmp_path
         self.simdir = str(tmp_path / "sim")
-        self.control = str(tmp_path / "control.sock")
+        # a Unix socket path has 107 bytes at most: a short directory of its own
+        self.sockdir = tempfile.mkdtemp(prefix="mwc-")
+        self.control = os.path.join(self.sockdir, "control.sock")
         self.fp, self.bp = xenbus.attach(tool, FRONT, INS)
         self.ins = self.mwd = None
 
@@ -189,6 +193,7 @@ def world(tmp_path):
                     p.kill()
                     p.wait()
             tool.close()
+            shutil.rmtree(w.sockdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -462,7 +467,6 @@ CDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "c")
 
 
 def _shim_program(tmp_path, name):
-    import shutil
     try:
         from mwcomms import shim_path
         shim = shim_path()
