@@ -692,3 +692,33 @@ def test_ins_killed_fails_sockets_on_next_use_and_reconnects(up):
     x2.close(), x.close(), peer.close()
     c.close()
     assert up.stop(up.mwd) == 0, up.logs()
+
+
+def test_another_user_cannot_name_my_socket(up):
+    """SO_PEERCRED ownership: a process of another uid gets EBADF for a handle it did not
+    create, even when it guesses the number right, and IDENTIFY does not reveal it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as another user")
+    os.chmod(up.sockdir, 0o755)
+    c = Local(up.control)
+    h, x = c.socket()
+    code = ("import socket, struct, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+            "s.settimeout(10)\n"
+            f"s.connect({up.control!r})\n"
+            f"body = struct.pack('<QiI', {h}, 0, 0)\n"
+            "out = []\n"
+            "for op in (17, 8, 6):\n"
+            "    s.send(struct.pack('<IHHIi', 16 + len(body), op, 0, op, 0) + body)\n"
+            "    out.append(struct.unpack_from('<IHHIi', s.recv(100))[4])\n"
+            "print(*out)\n")
+    py = "/usr/bin/python3"          # one that another user may run (not under /root)
+    if not os.access(py, os.X_OK):
+        pytest.skip(f"{py} is needed for the other user's client")
+    r = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=60,
+                       user=65534, group=65534, cwd="/", env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(-errno.EBADF)] * 3
+    assert c.status(h) == (0, 0)             # still mine, untouched
+    x.close()
+    c.close()
