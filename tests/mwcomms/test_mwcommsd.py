@@ -722,3 +722,28 @@ def test_another_user_cannot_name_my_socket(up):
     assert c.status(h) == (0, 0)             # still mine, untouched
     x.close()
     c.close()
+
+
+def test_requests_queue_per_connection_and_abandoned_calls(up):
+    """Two requests sent back to back on one connection are answered in order, each with its
+    seq (the second waits in the socket buffer while the first is at the INS); a client that
+    goes away while its call is at the INS leaves the daemon fine."""
+    c = Local(up.control)
+    h, x = c.socket()
+    body = struct.pack("<QiI", h, 0, 0)
+    c.s.send(HDR.pack(32, GETSOCKNAME, 0, 101, 0) + body)
+    c.s.send(HDR.pack(32, STATUS, 0, 102, 0) + body)
+    first, second = c.s.recv(200), c.s.recv(200)
+    assert HDR.unpack_from(first)[1:4] == (GETSOCKNAME, 0, 101)
+    assert HDR.unpack_from(second)[1:4] == (STATUS, 0, 102)
+    for _ in range(20):                       # give up on calls in flight (as after EINTR)
+        g = Local(up.control)
+        node = b"localhost"
+        g.s.send(HDR.pack(16 + 24 + len(node), GETADDRINFO, 0, 1, 0)
+                 + struct.pack("<iiiiHHI", 0, 0, 0, 0, len(node), 0, 0) + node)
+        g.close()
+    assert c.status(h) == (0, 0)
+    ret, rsp, _ = c.call(GETADDRINFO, struct.pack("<iiiiHHI", 0, 2, 1, 0, 9, 0, 0) + b"localhost")
+    assert ret == 0 and struct.unpack_from("<i", rsp)[0] == 0
+    x.close()
+    c.close()
