@@ -176,6 +176,7 @@ class FakeMwcommsd:
             with self.lock:
                 self.calls.append(op)
             body = msg[HDR.size:]
+            self._reap_listeners()
             handler = getattr(self, "op_" + OPNAME.get(op, "unknown").lower(), None)
             try:
                 if handler is None:
@@ -198,6 +199,22 @@ class FakeMwcommsd:
                     c.send(out)
             except OSError:
                 return
+
+    def _reap_listeners(self):
+        """Close the listeners whose every X is closed before serving the next request, as
+        mwcommsd's one event loop would have seen their HUP by then."""
+        for s in list(self.socks.values()):
+            if s.state != ST_LISTENING:
+                continue
+            pl = select.poll()
+            pl.register(s.p, select.POLLHUP)
+            if pl.poll(0):
+                s.state = ST_CLOSED
+                try:
+                    s.real.shutdown(socket.SHUT_RDWR)
+                    s.real.close()
+                except OSError:
+                    pass
 
     def _new(self, family, type_, real):
         with self.lock:
@@ -363,14 +380,14 @@ class FakeMwcommsd:
             got = 0
             while got < filler:
                 got += len(s.p.recv(filler - got))
+            # the state /then/ X writable: a poll that wakes sees the outcome
+            s.state = ST_CONNECTED if ok else 0
+            if not ok:
+                s.p.shutdown(socket.SHUT_RDWR)
             xdup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf // 2)
             xdup.close()
             if ok:
-                s.state = ST_CONNECTED
                 self._pump_stream(s)
-            else:
-                s.state = 0
-                s.p.shutdown(socket.SHUT_RDWR)
         threading.Thread(target=finish, daemon=True).start()
         return -errno.EINPROGRESS, b"", None
 
