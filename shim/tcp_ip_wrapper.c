@@ -1842,41 +1842,92 @@ static ssize_t mw_dgram_recv(int fd, const struct mw_fd *e, struct msghdr *m, in
     return n;
 }
 
+/* How a data call on fd goes: straight to libc, the stream fast path, or the full lookup.
+ * Lock-free: a forwarded entry's fields are stored before its kind (mw_fd_set). A stream
+ * socket needs no inode check here: were the fd now a file, the kernel itself answers the
+ * call as it would for that file (ENOTSOCK for send/recv). */
+enum { MW_PATH_LIBC, MW_PATH_STREAM, MW_PATH_LOOKUP };
+
+static inline int mw_data_path(int fd)
+{
+    uint8_t k;
+
+    if (!mw_fd_in_table(fd))
+        return MW_PATH_LIBC;
+    k = __atomic_load_n(&mw_fds[fd].kind, __ATOMIC_ACQUIRE);
+    if (k == MW_FD_LOCAL || k == MW_FD_CTL)
+        return MW_PATH_LIBC;
+    if (k == MW_FD_MW && __atomic_load_n(&mw_fds[fd].type, __ATOMIC_RELAXED) == SOCK_STREAM)
+        return MW_PATH_STREAM;
+    return MW_PATH_LOOKUP;
+}
+
+static size_t mw_iov_len(const struct iovec *iov, size_t cnt)
+{
+    size_t want = 0;
+
+    for (size_t i = 0; i < cnt; i++)
+        want += iov[i].iov_len;
+    return want;
+}
+
+/* A forwarded stream socket received n bytes of the want asked: 0 may hide an error. */
+static inline ssize_t mw_stream_got(int fd, ssize_t n, size_t want)
+{
+    return (n == 0 && want > 0) ? mw_eof_or_error(fd) : n;
+}
+
+/* Stream sockets: a connected TCP socket ignores a destination address; no source address
+ * is reported (the socketpair would report its own AF_UNIX one). */
+static ssize_t mw_stream_sendmsg(int fd, const struct msghdr *m, int flags)
+{
+    struct msghdr s = *m;
+
+    s.msg_name = NULL;
+    s.msg_namelen = 0;
+    return libc_sendmsg(fd, &s, flags);
+}
+
+static ssize_t mw_stream_recvmsg(int fd, struct msghdr *m, int flags)
+{
+    struct msghdr r = *m;
+    ssize_t n;
+
+    r.msg_name = NULL;
+    r.msg_namelen = 0;
+    n = libc_recvmsg(fd, &r, flags);
+    if (n < 0)
+        return n;
+    m->msg_namelen = 0;
+    m->msg_controllen = r.msg_controllen;
+    m->msg_flags = r.msg_flags;
+    return mw_stream_got(fd, n, mw_iov_len(m->msg_iov, m->msg_iovlen));
+}
+
 static ssize_t mw_sendmsg(int fd, const struct msghdr *m, int flags)
 {
     struct mw_fd e;
 
-    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+    switch (mw_data_path(fd)) {
+    case MW_PATH_LIBC:
+        return libc_sendmsg(fd, m, flags);
+    case MW_PATH_STREAM:
+        return mw_stream_sendmsg(fd, m, flags);
+    default:
+        break;
+    }
+    if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_sendmsg(fd, m, flags);
     if (e.type == SOCK_DGRAM)
         return mw_dgram_send(fd, &e, m, flags);
-    {
-        struct msghdr s = *m;
-
-        s.msg_name = NULL;         /* a connected stream ignores the address, as TCP does */
-        s.msg_namelen = 0;
-        return libc_sendmsg(fd, &s, flags);
-    }
+    return mw_stream_sendmsg(fd, m, flags);
 }
 
 static ssize_t mw_recvmsg_mw(int fd, struct mw_fd *e, struct msghdr *m, int flags)
 {
-    ssize_t n;
-
     if (e->type == SOCK_DGRAM)
         return mw_dgram_recv(fd, e, m, flags);
-    n = libc_recvmsg(fd, m, flags);
-    if (n >= 0)
-        m->msg_namelen = 0;
-    if (n == 0) {
-        size_t want = 0;
-
-        for (size_t i = 0; i < m->msg_iovlen; i++)
-            want += m->msg_iov[i].iov_len;
-        if (want > 0)
-            return mw_eof_or_error(fd);
-    }
-    return n;
+    return mw_stream_recvmsg(fd, m, flags);
 }
 
 static ssize_t mw_recvmsg(int fd, struct msghdr *m, int flags)
@@ -1884,13 +1935,20 @@ static ssize_t mw_recvmsg(int fd, struct msghdr *m, int flags)
     struct mw_fd e;
     ssize_t n;
 
-    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW) {
-        n = libc_recvmsg(fd, m, flags);
-        if (n >= 0)
-            mw_forget_received(m);
-        return n;
+    switch (mw_data_path(fd)) {
+    case MW_PATH_STREAM:
+        return mw_stream_recvmsg(fd, m, flags);
+    case MW_PATH_LOOKUP:
+        if (mw_fd_lookup(fd, &e, true) == MW_FD_MW)
+            return mw_recvmsg_mw(fd, &e, m, flags);
+        break;
+    default:
+        break;
     }
-    return mw_recvmsg_mw(fd, &e, m, flags);
+    n = libc_recvmsg(fd, m, flags);
+    if (n >= 0)
+        mw_forget_received(m);
+    return n;
 }
 
 static ssize_t mw_sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *sa,
@@ -1900,9 +1958,14 @@ static ssize_t mw_sendto(int fd, const void *buf, size_t len, int flags, const s
     struct msghdr m = { .msg_name = (void *)sa, .msg_namelen = salen, .msg_iov = &iov,
                         .msg_iovlen = 1 };
 
-    if (mw_fd_passthrough(fd))
+    switch (mw_data_path(fd)) {
+    case MW_PATH_LIBC:
         return libc_sendto(fd, buf, len, flags, sa, salen);
-    return mw_sendmsg(fd, &m, flags);
+    case MW_PATH_STREAM:
+        return libc_send(fd, buf, len, flags);
+    default:
+        return mw_sendmsg(fd, &m, flags);
+    }
 }
 
 static ssize_t mw_recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *sa,
@@ -1914,7 +1977,18 @@ static ssize_t mw_recvfrom(int fd, void *buf, size_t len, int flags, struct sock
     struct mw_fd e;
     ssize_t n;
 
-    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+    switch (mw_data_path(fd)) {
+    case MW_PATH_LIBC:
+        return libc_recvfrom(fd, buf, len, flags, sa, salen);
+    case MW_PATH_STREAM:
+        n = libc_recv(fd, buf, len, flags);
+        if (n >= 0 && sa != NULL && salen != NULL)
+            *salen = 0;
+        return n < 0 ? n : mw_stream_got(fd, n, len);
+    default:
+        break;
+    }
+    if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_recvfrom(fd, buf, len, flags, sa, salen);
     if (sa == NULL)
         m.msg_namelen = 0;
@@ -1930,23 +2004,27 @@ static ssize_t mw_readv(int fd, const struct iovec *iov, int cnt)
     struct mw_fd e;
     ssize_t n;
 
-    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, false) != MW_FD_MW)
+    switch (mw_data_path(fd)) {
+    case MW_PATH_LIBC:
         return libc_readv(fd, iov, cnt);
-    if (e.type == SOCK_DGRAM) {
-        if (cnt < 0)
-            return mw_fail(-EINVAL);
-        return mw_recvmsg_mw(fd, &e, &m, 0);
+    case MW_PATH_STREAM:
+        n = libc_readv(fd, iov, cnt);
+        return n < 0 ? n : mw_stream_got(fd, n, mw_iov_len(iov, cnt));
+    default:
+        break;
     }
-    n = libc_readv(fd, iov, cnt);
-    if (n == 0 && cnt > 0) {
-        size_t want = 0;
-
-        for (int i = 0; i < cnt; i++)
-            want += iov[i].iov_len;
-        if (want > 0)
-            return mw_eof_or_error(fd);
+    /* an fd never looked at: a datagram socket inherited across exec must lose its headers */
+    if (mw_fd_lookup(fd, &e, false) != MW_FD_MW)
+        return libc_readv(fd, iov, cnt);
+    if (e.type == SOCK_STREAM) {
+        n = libc_readv(fd, iov, cnt);
+        return n < 0 ? n : mw_stream_got(fd, n, cnt > 0 ? mw_iov_len(iov, cnt) : 0);
     }
-    return n;
+    if (cnt < 0)
+        return mw_fail(-EINVAL);
+    if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)
+        return libc_readv(fd, iov, cnt);
+    return mw_recvmsg_mw(fd, &e, &m, 0);
 }
 
 static ssize_t mw_read(int fd, void *buf, size_t len)
@@ -1954,17 +2032,15 @@ static ssize_t mw_read(int fd, void *buf, size_t len)
     struct iovec iov = { .iov_base = buf, .iov_len = len };
     ssize_t n;
 
-    if (mw_fd_passthrough(fd))
+    switch (mw_data_path(fd)) {
+    case MW_PATH_LIBC:
         return libc_read(fd, buf, len);
-    if (mw_fd_kind(fd) == MW_FD_MW) {
-        struct mw_fd e;
-
-        if (mw_fd_lookup(fd, &e, false) == MW_FD_MW && e.type == SOCK_STREAM) {
-            n = libc_read(fd, buf, len);
-            return (n == 0 && len > 0) ? mw_eof_or_error(fd) : n;
-        }
+    case MW_PATH_STREAM:
+        n = libc_read(fd, buf, len);
+        return n < 0 ? n : mw_stream_got(fd, n, len);
+    default:
+        return mw_readv(fd, &iov, 1);
     }
-    return mw_readv(fd, &iov, 1);
 }
 
 static ssize_t mw_writev(int fd, const struct iovec *iov, int cnt)
@@ -1972,7 +2048,7 @@ static ssize_t mw_writev(int fd, const struct iovec *iov, int cnt)
     struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = cnt };
     struct mw_fd e;
 
-    if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, false) != MW_FD_MW ||
+    if (mw_data_path(fd) != MW_PATH_LOOKUP || mw_fd_lookup(fd, &e, false) != MW_FD_MW ||
         e.type != SOCK_DGRAM)
         return libc_writev(fd, iov, cnt);
     if (cnt < 0)
@@ -1986,7 +2062,7 @@ static ssize_t mw_write(int fd, const void *buf, size_t len)
 {
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 
-    if (mw_fd_kind(fd) != MW_FD_MW && mw_fd_kind(fd) != MW_FD_UNKNOWN)
+    if (mw_data_path(fd) != MW_PATH_LOOKUP)
         return libc_write(fd, buf, len);
     return mw_writev(fd, &iov, 1);
 }
@@ -1996,16 +2072,24 @@ static ssize_t mw_send(int fd, const void *buf, size_t len, int flags)
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
     struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 
-    if (mw_fd_passthrough(fd))
+    if (mw_data_path(fd) != MW_PATH_LOOKUP)
         return libc_send(fd, buf, len, flags);
     return mw_sendmsg(fd, &m, flags);
 }
 
 static ssize_t mw_recv(int fd, void *buf, size_t len, int flags)
 {
-    if (mw_fd_passthrough(fd))
+    ssize_t n;
+
+    switch (mw_data_path(fd)) {
+    case MW_PATH_LIBC:
         return libc_recv(fd, buf, len, flags);
-    return mw_recvfrom(fd, buf, len, flags, NULL, NULL);
+    case MW_PATH_STREAM:
+        n = libc_recv(fd, buf, len, flags);
+        return n < 0 ? n : mw_stream_got(fd, n, len);
+    default:
+        return mw_recvfrom(fd, buf, len, flags, NULL, NULL);
+    }
 }
 
 static int mw_sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
