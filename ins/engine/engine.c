@@ -376,6 +376,15 @@ static int pump_rx_stream(struct ins_sock *s)
     return 0;
 }
 
+/* A datagram socket met a pending error (an ICMP error of an earlier datagram) in the INS:
+ * keep it for GETSOCKOPT(SO_ERROR) and tell the frontend with a STATE event (rx_flags stay 0:
+ * they are for streams), docs/protocol.md 7.5. */
+static int dgram_error(struct ins_sock *s, int32_t err)
+{
+    s->so_error = err;
+    return post(s->fe, s->slot, MW_EV_STATE, (uint64_t)(uint32_t)err);
+}
+
 /* tx ring -> socket, datagrams: one sendmsg() per record, payload straight from the ring. */
 static int pump_tx_dgram(struct ins_sock *s)
 {
@@ -420,9 +429,11 @@ static int pump_tx_dgram(struct ins_sock *s)
             s->tx_blocked = 1;      /* the record stays: peeked again on EPOLLOUT */
             break;
         }
-        if (sent < 0 && errno == ECONNREFUSED)
-            s->so_error = -errno;   /* an earlier datagram's ICMP error, as recv() meets it */
-        else if (sent >= 0)
+        if (sent < 0 && errno == ECONNREFUSED) {
+            rc = dgram_error(s, -errno);    /* an earlier datagram's ICMP error */
+            if (rc < 0)
+                return rc;
+        } else if (sent >= 0)
             fe->st.tx_bytes += (uint64_t)sent;
 skip:
         if (mw_bring_dgram_skip(&s->tx) < 0)
@@ -462,7 +473,9 @@ static int pump_rx_dgram(struct ins_sock *s)
         if (len < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
-            s->so_error = -errno;  /* e.g. ECONNREFUSED: kept for SO_ERROR */
+            rc = dgram_error(s, -errno);    /* e.g. ECONNREFUSED */
+            if (rc < 0)
+                return rc;
             continue;
         }
         rec = MW_DGRAM_RECORD(len);
@@ -486,7 +499,9 @@ static int pump_rx_dgram(struct ins_sock *s)
         if (len < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
-            s->so_error = -errno;
+            rc = dgram_error(s, -errno);
+            if (rc < 0)
+                return rc;
             continue;
         }
         ins_sockaddr_from((struct sockaddr *)&ss, &from);

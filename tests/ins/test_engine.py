@@ -490,3 +490,24 @@ def test_many_lookups_at_once_are_all_answered(fronts):
         assert rsp.ret == 0 and rsp.body.status == 0
         ans = codec.decode_ai_answer(f.data(off, rsp.body.len))
         assert [e.addr.to_tuple()[0] for e in ans.entries] == ["127.0.0.%d" % (i + 1)]
+
+
+def test_datagram_error_is_announced_and_kept_for_so_error(fronts):
+    f = fronts()
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind((LOOP, 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    assert f.socket(0, type_=codec.SOCK_DGRAM) == 0
+    assert f.call(codec.Connect(0, 0, addr(LOOP, port))).ret == 0
+    tx = f.socks[0].tx
+    tx.dgram_put(codec.DgramHeader(4).encode(), b"ping")     # to the connected peer
+    if tx.publish():
+        f.post(0, codec.EV_DATA)
+    end = time.monotonic() + 10
+    while not any(ev[0] == 0 and ev[1] == codec.EV_STATE for ev in f.events):
+        assert time.monotonic() < end, f.events
+        f.poll(0.2)
+    rsp = f.call(codec.GetSockOpt(0, 0, socket.SOL_SOCKET, socket.SO_ERROR, 4))
+    assert int.from_bytes(rsp.body.value, "little") == errno.ECONNREFUSED
+    assert f.socks[0].rx.rx_state() == (0, 0)            # no rx flag on a datagram socket
