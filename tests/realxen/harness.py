@@ -91,7 +91,7 @@ class Config:
     memory_mb: int = 1024
     smp: int = 2
     boot_timeout: float = 150.0      # QEMU start -> dom0 userspace
-    timeout: float = 420.0           # QEMU start -> payload done
+    timeout: float = 600.0           # QEMU start -> payload done (~100 s on a quiet machine)
     steps: str = ""                  # comma separated subset of STEP_NAMES ("" = all)
     ring_messages: int = 20000       # ring stress message count (TCG is ~100x slower than host)
     verbose: bool = False            # echo every console line, not only the XENT ones
