@@ -242,16 +242,16 @@ class FakeMwcommsd:
                 except OSError:
                     d = b""
                 if not d:
-                    pl = select.poll()
-                    pl.register(s.p, select.POLLHUP)
                     try:
+                        pl = select.poll()
+                        pl.register(s.p, select.POLLHUP)   # ValueError: closed by close()
                         if pl.poll(0):          # every copy of X closed: close (RST when
                             s.closing = True    # the application set SO_LINGER 0)
                             t_down.join()
                             s.real.close()
                         else:                   # shutdown(SHUT_WR) by the application
                             s.real.shutdown(socket.SHUT_WR)
-                    except OSError:
+                    except (OSError, ValueError):
                         pass
                     return
                 try:
@@ -377,11 +377,12 @@ class FakeMwcommsd:
             except OSError as e:
                 s.error = -e.errno
                 ok = False
+            # the state /then/ X writable (draining the filler is what frees it): a poll
+            # that wakes sees the outcome
+            s.state = ST_CONNECTED if ok else 0
             got = 0
             while got < filler:
                 got += len(s.p.recv(filler - got))
-            # the state /then/ X writable: a poll that wakes sees the outcome
-            s.state = ST_CONNECTED if ok else 0
             if not ok:
                 s.p.shutdown(socket.SHUT_RDWR)
             xdup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf // 2)
