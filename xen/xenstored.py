@@ -327,7 +327,8 @@ def start(directory: str | None = None, *, mode: str = "thread", quotas: Quotas 
         cmd = [sys.executable, "-m", "mwcomms.xen.xenstored", "--dir", directory, "--foreground"]
         cmd += _quota_args(quotas) + (["--log", log_file] if log_file else [])
         env = dict(os.environ, PYTHONSAFEPATH="1")
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not os.path.exists(sock):
             if proc.poll() is not None:
