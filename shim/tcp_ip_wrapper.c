@@ -1167,6 +1167,9 @@ static int mw_socket(int domain, int type, int protocol)
     if (ret < 0) {
         if (call.recv_fd >= 0)
             libc_close(call.recv_fd);
+        if (ret == -ENETDOWN && call.ret == -ENETDOWN)
+            mw_log("mwcommsd at %s has no INS connected; network access refused",
+                   mw_ctl_path());
         return mw_fail(ret);
     }
     memcpy(&rsp, call.rsp, sizeof(rsp));

@@ -104,6 +104,7 @@ def test_socket_fails_when_mwcommsd_has_no_ins(shim, run, fake_factory):
             "    print('errno', e.errno)\n")
     r = run(shim, [sys.executable, "-c", code], d.path)
     assert r.stdout.strip() == "errno 100", r.stdout + r.stderr
+    assert "has no INS connected" in r.stderr
     assert d.ops() == ["SOCKET"]
 
 
