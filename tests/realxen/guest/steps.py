@@ -522,6 +522,8 @@ def step_domu_shutdown(ctx):
     except Fail:
         sh(["xl", "destroy", DOMU_NAME])
         raise
+    finally:
+        domu.domid = None
     return "gone %.1f s after the request" % (time.monotonic() - t0)
 
 
@@ -570,7 +572,7 @@ def main():
         except Exception as e:   # a bug in the step or in the code under test: still a result
             status, detail = "FAIL", "%s: %s" % (type(e).__name__, e)
         emit(status, name, "%s (%.1f s)" % (detail, time.monotonic() - t0))
-    if ctx.domu.domid is not None:   # still there when a step failed or shutdown was not run
+    if ctx.domu.domid is not None:   # still there: a step failed, or domu-shutdown did not run
         sh(["xl", "destroy", DOMU_NAME])
     print("XENT-BOOT steps-end dom0 uptime %.1f s" % uptime(), flush=True)
 
