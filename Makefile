@@ -32,7 +32,7 @@ deps:
 test: all deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: all
+demo: all deps
 	$(PY) -m mwcomms.tools.demo
 
 clean:

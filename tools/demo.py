@@ -8,9 +8,10 @@
    channel,
 4. exercise the connection with the link probe (PING round trips, pipelined PINGs, a hashed
    byte stream) and print the rates,
-5. take both down (Closing, Closed) and show the states on the way.
-
-The sockets of real programs go through this same connection once the engines land (issue 3).
+5. take both down (Closing, Closed) and show the states on the way,
+6. bring the whole backbone up with `mwcomms up` and run unmodified programs through it:
+   curl against Python's http.server (both under the shim, so both ends live in the INS), a
+   UDP exchange, a name lookup, and a raw socket that must be refused; then `mwcomms down`.
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pings", type=int, default=2_000_000)
     ap.add_argument("--bytes", type=int, default=1 << 30)
     ap.add_argument("--spin-ns", type=int, default=5000)
+    ap.add_argument("--link-only", action="store_true", help="only the link probe (part one)")
     sub = ap.add_subparsers(dest="cmd")
     side = sub.add_parser("_side")            # internal: one side of the demo
     side.add_argument("side", choices=["front", "back"])
@@ -148,9 +150,110 @@ def main(argv: list[str] | None = None) -> int:
           f" sleeps: {front['sleeps']} / {back['sleeps']}")
     print("\n" + ("OK: every PING answered once, the stream arrived intact." if ok else
                   "FAILED: the two sides disagree."))
-    print("Not yet here: the shim, mwcommsd and the INS engines that carry real programs' sockets"
-          " (issue 3).")
-    return 0 if ok else 1
+    if args.link_only:
+        return 0 if ok else 1
+    return _programs() or (0 if ok else 1)
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(20)
+for _ in range(3):
+    data, src = s.recvfrom(2048)
+    s.sendto(data.upper(), src)
+"""
+
+UDP_CLIENT = """
+import socket, sys
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+for word in (b"ping", b"through", b"the ins"):
+    for _ in range(50):
+        try:
+            c.sendto(word, ("127.0.0.1", int(sys.argv[1])))
+            data, src = c.recvfrom(2048)
+            break
+        except socket.timeout:
+            continue
+    print(data.decode(), "from", src[0])
+"""
+
+
+def _programs() -> int:
+    """Part two: unmodified programs through the whole backbone (shim, mwcommsd, INS)."""
+    import shutil
+
+    mw = os.path.join(os.path.dirname(sys.executable), "mwcomms")
+    run_dir = tempfile.mkdtemp(prefix="mwdemo-run", dir="/tmp")
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    failures = 0
+
+    def step(title, ok, detail):
+        nonlocal failures
+        failures += not ok
+        print(f"   {'ok  ' if ok else 'FAIL'} {title}: {detail}")
+
+    def run(*cmd, timeout=30, **kw):
+        return subprocess.run([mw, "--dir", run_dir, "run", "--", *cmd], capture_output=True,
+                              text=True, timeout=timeout, env=env, **kw)
+
+    print("\n6. real programs, unmodified, through the shim, mwcommsd and the INS:")
+    up = subprocess.run([mw, "--dir", run_dir, "up"], capture_output=True, text=True, timeout=120,
+                        env=env)
+    print("   " + "\n   ".join(up.stdout.strip().splitlines() or [up.stderr.strip()]))
+    if up.returncode:
+        return 1
+    server = udp = None
+    try:
+        port = 8000 + os.getpid() % 1000
+        server = subprocess.Popen([mw, "--dir", run_dir, "run", "--", sys.executable, "-m",
+                                   "http.server", str(port), "--bind", "127.0.0.1",
+                                   "--directory", os.path.dirname(os.path.abspath(__file__))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        got = None
+        for _ in range(100):
+            got = run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                      f"http://127.0.0.1:{port}/demo.py")
+            if got.returncode == 0:
+                break
+            time.sleep(0.1)
+        step("curl -> python3 -m http.server (both under the shim)", got.returncode == 0 and
+             got.stdout.startswith("200"), f"HTTP {got.stdout or got.stderr.strip()}")
+        if shutil.which("curl"):
+            host = subprocess.run(["curl", "-s", "-m", "2", f"http://127.0.0.1:{port}/"],
+                                  capture_output=True, timeout=10)
+            step("the same curl without the shim", host.returncode != 0,
+                 "cannot reach it (the server lives only in the INS)" if host.returncode else
+                 "reached it: the INS shares this host's network namespace (not root?)")
+        uport = port + 1
+        udp = subprocess.Popen([mw, "--dir", run_dir, "run", "--", sys.executable, "-c", UDP_ECHO,
+                                str(uport)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env)
+        got = run(sys.executable, "-c", UDP_CLIENT, str(uport))
+        step("UDP echo (client and server under the shim)", got.returncode == 0 and
+             "THE INS" in got.stdout, " | ".join(got.stdout.split("\n")[:3]) or got.stderr[-200:])
+        got = run(sys.executable, "-c", "import socket; print(sorted({a[4][0] for a in "
+                  "socket.getaddrinfo('localhost', 80)}))")
+        step("name lookup by the INS: getaddrinfo('localhost')", got.returncode == 0,
+             got.stdout.strip() or got.stderr[-200:])
+        got = run(sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+                  "socket.SOCK_RAW, socket.IPPROTO_ICMP)")
+        step("a raw socket (would reach the local stack)", got.returncode != 0 and
+             "Operation not permitted" in got.stderr, "refused: " + got.stderr.strip().splitlines()[0]
+             if got.stderr.strip() else "not refused")
+    finally:
+        for p in (server, udp):
+            if p is not None:
+                p.terminate()
+                p.wait(10)
+        down = subprocess.run([mw, "--dir", run_dir, "down"], capture_output=True, text=True,
+                              timeout=120, env=env)
+        print("   " + down.stdout.strip())
+    print("\n" + ("OK: real programs ran with all their networking in the INS." if not failures
+                  else f"FAILED: {failures} step(s) above."))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need="$need libc6-dev"
 command -v strip >/dev/null || need="$need binutils"
 command -v cpio >/dev/null || need="$need cpio"
+# the demo and the end-to-end tests: real programs, network namespaces
+command -v curl >/dev/null || need="$need curl"
+command -v ip >/dev/null || need="$need iproute2"
+command -v unshare >/dev/null || need="$need util-linux"
 [ -n "$need" ] || exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "install-deps: apt-get install$need"
