@@ -1254,6 +1254,8 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
         mw_fd_update(fd, -1, req.addr.family != MW_AF_UNSPEC);
         return 0;
     }
+    if (e->listening)
+        return mw_fail(-EISCONN);      /* as native for a listening socket */
     if (e->identified && !e->connected) {
         struct mwl_rsp_status st;
 

@@ -9,6 +9,7 @@
  *                       read/write, sendmsg with iovecs, sendmmsg/recvmmsg, FIONREAD
  *   shim_inet resolve   getaddrinfo/freeaddrinfo, getnameinfo, gethostbyname(_r)
  *   shim_inet exec      UDP sockets inherited across exec keep working (IDENTIFY)
+ *   shim_inet errnos    one line per failing (or not) call: compared with a native run
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -16,6 +17,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,6 +369,81 @@ static void resolve_cases(void)
     OK("gethostbyname");
 }
 
+/* errnos: one line per call, "ERR <what> <ret> <errno name>", to compare with native Linux
+ * (the test runs this mode natively and under the shim and wants the same lines) */
+static const char *ename(int ret)
+{
+    if (ret >= 0)
+        return "-";
+    switch (errno) {
+    case EADDRINUSE: return "EADDRINUSE";
+    case EINVAL: return "EINVAL";
+    case ENOTCONN: return "ENOTCONN";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    case EISCONN: return "EISCONN";
+    case EFAULT: return "EFAULT";
+    case EDESTADDRREQ: return "EDESTADDRREQ";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case EAGAIN: return "EAGAIN";
+    case ENOPROTOOPT: return "ENOPROTOOPT";
+    case EMSGSIZE: return "EMSGSIZE";
+    case EPIPE: return "EPIPE";
+    default: return "other";
+    }
+}
+
+#define ERR(what, call) do { int r_ = (int)(call); printf("ERR %s %d %s\n", what, \
+    r_ < 0 ? -1 : 0, ename(r_)); } while (0)
+
+static void errno_cases(void)
+{
+    struct sockaddr_in srv, a4 = loopback(0);
+    struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    socklen_t len;
+    int l = tcp_listener(&srv), t = socket(AF_INET, SOCK_STREAM, 0);
+    int u = socket(AF_INET, SOCK_DGRAM, 0), t6 = socket(AF_INET6, SOCK_STREAM, 0), v;
+    char buf[8];
+
+    signal(SIGPIPE, SIG_IGN);
+    ERR("bind_in_use", bind(t, (struct sockaddr *)&srv, sizeof(srv)));
+    ERR("bind_short_len", bind(t, (struct sockaddr *)&a4, 8));
+    ERR("bind_inet6_addr_on_inet", bind(t, (struct sockaddr *)&a6, sizeof(a6)));
+    ERR("bind_inet_addr_on_inet6", bind(t6, (struct sockaddr *)&a4, sizeof(a4)));
+    len = sizeof(a4);
+    ERR("getpeername_unconnected", getpeername(t, (struct sockaddr *)&a4, &len));
+    ERR("shutdown_unconnected", shutdown(t, SHUT_WR));
+    ERR("shutdown_bad_how", shutdown(t, 7));
+    ERR("listen_dgram", listen(u, 1));
+    ERR("accept_not_listening", accept(t, NULL, NULL));
+    ERR("send_udp_no_peer", send(u, "x", 1, 0));
+    ERR("sendto_udp_wrong_family", sendto(u, "x", 1, 0, (struct sockaddr *)&a6, sizeof(a6)));
+    ERR("connect_listening", connect(l, (struct sockaddr *)&srv, sizeof(srv)));
+    len = sizeof(v);
+    ERR("getsockopt_bogus", getsockopt(t, SOL_SOCKET, 12345, &v, &len));
+    ERR("setsockopt_bogus", setsockopt(t, SOL_SOCKET, 12345, &v, sizeof(v)));
+    len = sizeof(v);
+    ERR("getsockopt_rcvbuf", getsockopt(t, SOL_SOCKET, SO_RCVBUF, &v, &len));
+    v = 1;
+    ERR("setsockopt_nodelay", setsockopt(t, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)));
+    len = sizeof(v);
+    ERR("getsockopt_nodelay", getsockopt(t, IPPROTO_TCP, TCP_NODELAY, &v, &len));
+    printf("VAL nodelay %d len %d\n", v != 0, (int)len);
+    ERR("connect", connect(t, (struct sockaddr *)&srv, sizeof(srv)));
+    ERR("connect_again", connect(t, (struct sockaddr *)&srv, sizeof(srv)));
+    ERR("recv_dontwait_empty", recv(t, buf, sizeof(buf), MSG_DONTWAIT));
+    {
+        int a = accept(l, NULL, NULL);
+
+        ERR("shutdown_rd", shutdown(a, SHUT_RD));
+        close(a);
+    }
+    close(t);
+    close(u);
+    close(t6);
+    close(l);
+}
+
 /* exec: the child gets two bound UDP sockets by number and uses them (IDENTIFY) */
 static void exec_cases(char *self)
 {
@@ -424,6 +501,8 @@ int main(int argc, char **argv)
         resolve_cases();
     else if (strcmp(argv[1], "exec") == 0)
         exec_cases(argv[0]);
+    else if (strcmp(argv[1], "errnos") == 0)
+        errno_cases();
     else if (strcmp(argv[1], "exec-child") == 0 && argc == 6)
         exec_child(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
     else

@@ -362,6 +362,8 @@ class FakeMwcommsd:
                 return -e.errno, b"", None
             s.state = ST_CONNECTED
             return 0, b"", None
+        if s.state == ST_LISTENING:
+            return -errno.EISCONN, b"", None
         if s.state == ST_CONNECTING:
             return -errno.EALREADY, b"", None
         if s.state == ST_CONNECTED:

@@ -242,3 +242,19 @@ def test_concurrent_connections_through_fake_mwcommsd(shim, run, fake, mode):
                         "concurrent_echo.py")
     r = run(shim, [sys.executable, prog, "32", "50000", mode], fake.path, timeout=120)
     assert "RESULT ok=32 accepted=32 of=32" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_errnos_same_as_native(shim, cbuild, run, fake):
+    """shim_inet errnos: the same calls natively and under the shim give the same lines."""
+    exe = cbuild("shim_inet")
+    env = dict(os.environ)
+    env.update(SAN_ENV_NATIVE)
+    native = subprocess.run([str(exe), "errnos"], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert native.returncode == 0 and "DONE" in native.stdout, native.stdout + native.stderr
+    r = run(shim, [exe, "errnos"], fake.path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == native.stdout.splitlines()
+
+
+SAN_ENV_NATIVE = {"ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "halt_on_error=1"}

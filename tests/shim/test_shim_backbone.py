@@ -124,3 +124,14 @@ def test_connections_wait_behind_a_slow_server(backbone):
     r = mwrun(backbone, [sys.executable, str(PROGRAMS / "concurrent_echo.py"), "32", "50000",
                          "block-slow"], timeout=120)
     assert "RESULT ok=32 accepted=32 of=32" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_errnos_same_as_native(backbone, cbuild):
+    """shim_inet errnos natively and through mwcommsd + the INS: the same lines."""
+    exe = str(cbuild("shim_inet"))
+    native = subprocess.run([exe, "errnos"], capture_output=True, text=True, timeout=60)
+    assert native.returncode == 0 and "DONE" in native.stdout, native.stdout + native.stderr
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:verify_asan_link_order=0")
+    r = mwrun(backbone, [exe, "errnos"], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    assert r.stdout.splitlines() == native.stdout.splitlines()
