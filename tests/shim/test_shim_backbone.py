@@ -9,6 +9,7 @@ two are expected to fail until the INS's buffer budget stops resetting connectio
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def test_curl_wget_and_http_server(backbone, tmp_path):
     log = open(tmp_path / "httpd.log", "w")
     srv = subprocess.Popen([MWCOMMS, "--dir", backbone, "run", "--", sys.executable, "-m",
                             "http.server", "-b", "127.0.0.1", str(port), "-d", str(www)],
-                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           start_new_session=True)   # `mwcomms run` and its child: one group
     try:
         deadline = time.monotonic() + 20
         while "Serving HTTP" not in (tmp_path / "httpd.log").read_text():
@@ -78,11 +80,11 @@ def test_curl_wget_and_http_server(backbone, tmp_path):
             assert r.returncode == 0, (tool, r.stdout, r.stderr)
             assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(body).digest()
     finally:
-        srv.terminate()
+        os.killpg(srv.pid, signal.SIGTERM)
         try:
             srv.wait(10)
         except subprocess.TimeoutExpired:
-            srv.kill()
+            os.killpg(srv.pid, signal.SIGKILL)
             srv.wait()
         log.close()
     assert (tmp_path / "httpd.log").read_text().count('"GET /blob HTTP/1.1" 200') == len(tools)
