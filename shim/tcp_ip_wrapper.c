@@ -1608,11 +1608,26 @@ static int mw_shutdown(int fd, int how)
 
 /* ------------------------------------------------------------------------------------------
  * close, dup*, fcntl, ioctl: the table follows the fds.
+ *
+ * Except in the child of vfork() (Python's subprocess, for one): it shares its parent's
+ * memory but not its fds, runs no atfork handler, and closes or dup2's fds before exec. Were
+ * the table or the control list updated there, the parent would forget its own sockets and
+ * control connections (and leak one of those per child). mw_pid is the process the table
+ * belongs to.
  */
+static pid_t mw_pid;
+
+static inline bool mw_in_vfork_child(void)
+{
+    return getpid() != __atomic_load_n(&mw_pid, __ATOMIC_RELAXED);
+}
+
 static int mw_close(int fd)
 {
     uint8_t kind = mw_fd_kind(fd);
 
+    if (kind != MW_FD_UNKNOWN && mw_in_vfork_child())
+        return libc_close(fd);
     if (kind != MW_FD_UNKNOWN)
         mw_fd_set_kind(fd, MW_FD_UNKNOWN);
     if (kind == MW_FD_CTL)
@@ -1624,7 +1639,7 @@ static int mw_close_range(unsigned int first, unsigned int last, int flags)
 {
     int ret = libc_close_range(first, last, flags);
 
-    if (ret == 0 && !(flags & CLOSE_RANGE_CLOEXEC)) {
+    if (ret == 0 && !(flags & CLOSE_RANGE_CLOEXEC) && !mw_in_vfork_child()) {
         mw_fd_forget_range(first, last);
         pthread_mutex_lock(&mw_ctl_lock);
         for (struct mw_ctl *c = mw_ctl_list; c != NULL; c = c->next)
@@ -1639,7 +1654,7 @@ static int mw_dup(int fd)
 {
     int nfd = libc_dup(fd);
 
-    if (nfd >= 0)
+    if (nfd >= 0 && !mw_in_vfork_child())
         mw_fd_copy(fd, nfd);
     return nfd;
 }
@@ -1648,6 +1663,8 @@ static int mw_dup3(int fd, int fd2, int flags, bool is_dup2)
 {
     int ret;
 
+    if (mw_in_vfork_child())
+        return is_dup2 ? libc_dup2(fd, fd2) : libc_dup3(fd, fd2, flags);
     if (fd != fd2 && mw_fd_kind(fd2) == MW_FD_CTL)
         mw_ctl_fd_closing(fd2);
     ret = is_dup2 ? libc_dup2(fd, fd2) : libc_dup3(fd, fd2, flags);
@@ -1660,7 +1677,7 @@ static int mw_fcntl(int fd, int cmd, void *arg)
 {
     int ret = libc_fcntl(fd, cmd, arg);
 
-    if (ret >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
+    if (ret >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && !mw_in_vfork_child())
         mw_fd_copy(fd, ret);
     return ret;
 }
@@ -2532,6 +2549,7 @@ static void mw_atfork_child(void)
 {
     struct mw_ctl *c, *next, *mine = mw_ctl_tls;
 
+    __atomic_store_n(&mw_pid, getpid(), __ATOMIC_RELAXED);
     for (size_t i = MW_NLOCKS; i > 0; i--)
         pthread_mutex_unlock(mw_locks[i - 1]);
     /* every control connection is the parent's: a seqpacket stream shared by two processes
@@ -2556,6 +2574,7 @@ static void mw_atfork_child(void)
 
 __attribute__((constructor)) static void mw_init(void)
 {
+    __atomic_store_n(&mw_pid, getpid(), __ATOMIC_RELAXED);
     pthread_atfork(mw_atfork_prepare, mw_atfork_parent, mw_atfork_child);
 }
 

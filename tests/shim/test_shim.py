@@ -258,3 +258,13 @@ def test_errnos_same_as_native(shim, cbuild, run, fake):
 
 
 SAN_ENV_NATIVE = {"ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "halt_on_error=1"}
+
+
+def test_subprocess_children_leave_the_parent_alone(shim, run, fake):
+    prog = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs",
+                        "subprocess_fds.py")
+    r = run(shim, [sys.executable, prog], fake.path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, last = r.stdout.split()[1:3]
+    assert first == last, r.stdout          # no control connection leaked per child
+    assert "NAME ok" in r.stdout
