@@ -245,16 +245,19 @@ def cmd_run(args) -> int:
     if args.isolate:
         # A network namespace with no interfaces at all: a program that slips past the shim
         # (a static binary, raw syscalls) has no network instead of the host's.
+        if not shutil.which("unshare"):
+            raise CliError("--isolate needs unshare(1) (util-linux)")
         if os.geteuid() == 0:
             cmd = ["unshare", "--net", "--"] + cmd
         else:
             cmd = ["unshare", "--net", "--map-root-user", "--"] + cmd
-        if not shutil.which("unshare"):
-            raise CliError("--isolate needs unshare(1) (util-linux)")
+    # Become the program: its signals, its exit status, its process group, as if run directly.
     try:
-        return subprocess.run(cmd, env=env).returncode
+        os.execvpe(cmd[0], cmd, env)
     except FileNotFoundError:
         raise CliError(f"{cmd[0]}: command not found", 127) from None
+    except PermissionError:
+        raise CliError(f"{cmd[0]}: permission denied", 126) from None
 
 
 def main(argv: list[str] | None = None) -> int:

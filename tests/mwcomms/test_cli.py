@@ -38,3 +38,23 @@ def test_stale_state_is_reported_as_broken(tmp_path):
 def test_xen_backend_is_not_started_on_one_host(tmp_path):
     r = mwcomms("up", "--backend", "xen", run_dir=tmp_path)
     assert r.returncode == 2 and "docs/xen.md" in r.stderr
+
+
+def test_run_is_the_program_itself(tmp_path):
+    """`mwcomms run` execs the program: same pid for signals, its exit status."""
+    import json
+    state = {"pids": {}, "control": str(tmp_path / "control.sock")}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    p = subprocess.Popen([MWCOMMS, "--dir", str(tmp_path), "run", "--", "sh", "-c",
+                          "echo $$; exec sleep 30"], stdout=subprocess.PIPE, text=True)
+    child_pid = int(p.stdout.readline())
+    assert child_pid == p.pid
+    p.terminate()
+    assert p.wait(10) == -15
+
+
+def test_run_reports_a_missing_command(tmp_path):
+    import json
+    (tmp_path / "state.json").write_text(json.dumps({"pids": {}, "control": "x"}))
+    r = mwcomms("run", "--", "no-such-command-xyz", run_dir=tmp_path)
+    assert r.returncode == 127 and "command not found" in r.stderr
