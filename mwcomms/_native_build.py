@@ -19,11 +19,16 @@ def _rel(path):
 
 
 def _gather():
+    """A part's C joins the extension once the part has a cdef file: that is its statement
+    that its sources are complete and link. Until then its work in progress stays out."""
     sources, cdefs = [], []
     for part in PARTS:
         folder = os.path.join(TOP, part)
+        parts_cdefs = sorted(glob.glob(os.path.join(folder, "*.cdef")))
+        if not parts_cdefs:
+            continue
         sources += sorted(_rel(p) for p in glob.glob(os.path.join(folder, "*.c")))
-        for cdef in sorted(glob.glob(os.path.join(folder, "*.cdef"))):
+        for cdef in parts_cdefs:
             with open(cdef) as f:
                 cdefs.append(f.read())
     return sources, "\n".join(cdefs)
