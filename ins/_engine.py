@@ -41,7 +41,8 @@ def feature_bits(features) -> int:
 
 class Engine:
     """One INS engine. log_fd: where C log lines go (-1: stderr); max_socks, max_buf_bytes:
-    per-frontend limits (0: the defaults of ins_engine.h)."""
+    per-frontend limits (0: the defaults of ins_engine.h); max_buf_bytes bounds the memory the
+    INS holds for a frontend (not the kernel's socket buffers): ACCEPTs wait, never reset."""
 
     def __init__(self, *, log_fd: int = -1, dns_workers: int = 0, max_socks: int = 0,
                  max_buf_bytes: int = 0):

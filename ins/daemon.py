@@ -267,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--xenstore", help="XenStore socket (default: the platform's own)")
     ap.add_argument("--log", help="log file (default: stderr)")
     ap.add_argument("--max-socks", type=int, default=0, help="sockets per frontend")
-    ap.add_argument("--max-buf-mb", type=int, default=0, help="socket buffers per frontend, MiB")
+    ap.add_argument("--max-buf-mb", type=int, default=0,
+                    help="memory the INS may hold per frontend (unsent bytes of closed "
+                         "sockets), MiB")
     ap.add_argument("--stats", help="write the engine's counters per device here as JSON, "
                                     "every second")
     ap.add_argument("-v", "--verbose", action="store_true")

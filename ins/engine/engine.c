@@ -185,19 +185,6 @@ static int post(struct ins_front *fe, uint32_t slot, uint16_t type, uint64_t arg
  * Sockets
  */
 
-static uint64_t sock_bufsize(int fd)
-{
-    int snd = 0, rcv = 0;
-    socklen_t l = sizeof(int);
-
-    if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, &l) < 0)
-        snd = 0;
-    l = sizeof(int);
-    if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, &l) < 0)
-        rcv = 0;
-    return (uint64_t)(snd > 0 ? snd : 0) + (uint64_t)(rcv > 0 ? rcv : 0);
-}
-
 /* Close a socket without ever blocking the loop: close(2) waits up to the linger time when a
  * frontend set SO_LINGER {on, N > 0}, even on a non-blocking socket. The INS drops the wait and
  * lets its kernel finish sending in the background; {on, 0} (reset at once) is kept. */
@@ -214,6 +201,21 @@ static void sock_close_fd(int fd)
     close(fd);
 }
 
+/*
+ * Whether the INS may accept a connection for a pending ACCEPT now. Every stream socket may,
+ * once closed with unsent bytes, make the INS hold up to its tx ring in private memory
+ * (sock_orphan): a connection is accepted only while that much of the frontend's budget is
+ * free, or when nothing is held at all (a ring larger than the budget must not wait forever;
+ * sock_orphan enforces the budget anyway). Otherwise it waits in the kernel's listen backlog,
+ * as it would natively behind a slow accept(), and the listener is not polled until orphans
+ * release memory (front_resume_accepts). Kernel socket buffers are not counted: the kernel
+ * bounds them itself (tcp_wmem/tcp_rmem, tcp_mem), and max_socks bounds their number.
+ */
+static int accept_room(const struct ins_front *fe, const struct ins_accept *a)
+{
+    return !fe->st.buf_bytes || fe->st.buf_bytes + (1ull << a->rings.tx_order) <= fe->max_buf;
+}
+
 /* Make the epoll registration match what the socket waits for. A socket that waits for
  * nothing is not registered at all: a hung-up socket would otherwise report EPOLLHUP forever. */
 static void sock_update_epoll(struct ins_sock *s)
@@ -225,7 +227,7 @@ static void sock_update_epoll(struct ins_sock *s)
     if (s->dead)
         return;
     if (s->listening)
-        want = s->accepts ? EPOLLIN : 0;
+        want = s->accepts && accept_room(s->fe, s->accepts) ? EPOLLIN : 0;
     else if (s->connecting)
         want = EPOLLOUT;
     else if (s->type == MW_SOCK_DGRAM || s->connected)
@@ -546,8 +548,6 @@ static struct ins_sock *sock_new(struct ins_front *fe, uint32_t slot, int fd, ui
         free(s);
         return NULL;
     }
-    s->kbuf = sock_bufsize(fd);
-    fe->st.buf_bytes += s->kbuf;
     fe->socks[slot] = s;
     fe->slot_state[slot] = INS_SLOT_OPEN;
     fe->st.sockets++;
@@ -574,7 +574,6 @@ static void sock_free(struct ins_sock *s, int close_fd)
         fe->st.sockets--;
         free(a);
     }
-    fe->st.buf_bytes -= s->kbuf;
     fe->socks[s->slot] = NULL;
     fe->slot_state[s->slot] = INS_SLOT_FREE;
     fe->st.sockets--;
@@ -605,6 +604,22 @@ static void orphan_free(struct ins_orphan *o)
     o->fe->eng->dead_orphans = o;
 }
 
+/* Memory held for the frontend was released: listeners whose ACCEPTs waited for room accept
+ * again (connections that arrived meanwhile are in their backlog). */
+static void front_resume_accepts(struct ins_front *fe)
+{
+    uint32_t slot;
+
+    if (fe->dead || fe->broken)
+        return;
+    for (slot = 0; slot < fe->lim.sock_slots; slot++) {
+        struct ins_sock *s = fe->socks[slot];
+
+        if (s && s->listening && s->accepts && !s->ev && sock_pump(s) < 0)
+            return;
+    }
+}
+
 /* Send what an orphan still holds; close it when done or when the connection fails. */
 static void orphan_pump(struct ins_orphan *o)
 {
@@ -618,6 +633,7 @@ static void orphan_pump(struct ins_orphan *o)
         o->off += (uint32_t)n;
     }
     orphan_free(o);
+    front_resume_accepts(o->fe);
 }
 
 /*
@@ -682,7 +698,7 @@ static int pump_accept(struct ins_sock *s)
     struct ins_front *fe = s->fe;
     int rc;
 
-    while (s->accepts) {
+    while (s->accepts && accept_room(fe, s->accepts)) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         struct ins_accept *a;
@@ -707,8 +723,6 @@ static int pump_accept(struct ins_sock *s)
         /* the reserved slot is handed over (or freed): one count either way */
         fe->slot_state[a->new_sock] = INS_SLOT_FREE;
         fe->st.sockets--;
-        if (ret == 0 && fe->st.buf_bytes + sock_bufsize(fd) > fe->max_buf)
-            ret = -ENOBUFS;
         if (ret == 0) {
             ns = sock_new(fe, a->new_sock, fd, MW_SOCK_STREAM, s->family, &a->rings);
             if (!ns)
@@ -832,7 +846,6 @@ static int do_socket(struct ins_front *fe, const struct mw_req *req)
     const struct mw_req_socket *b = &req->u.socket;
     struct ins_sock *s = NULL;
     int32_t ret = 0;
-    uint64_t kbuf;
     int fd, rc;
 
     if (free_slot_check(fe, req, req->sock) < 0)
@@ -853,11 +866,6 @@ static int do_socket(struct ins_front *fe, const struct mw_req *req)
     if (fd < 0) {
         ret = -errno;
         goto out;
-    }
-    kbuf = sock_bufsize(fd);
-    if (fe->st.buf_bytes + kbuf > fe->max_buf) {
-        ret = -ENOBUFS;
-        goto out_close;
     }
     s = sock_new(fe, req->sock, fd, b->type, b->family, &b->rings);
     if (!s) {
@@ -1170,7 +1178,6 @@ static int do_setsockopt(struct ins_front *fe, const struct mw_req *req)
     const struct opt_rule *rule;
     const void *val = b->val;
     int32_t ret = 0;
-    uint64_t kbuf;
 
     if (!s)
         return -EPROTO;
@@ -1184,23 +1191,9 @@ static int do_setsockopt(struct ins_front *fe, const struct mw_req *req)
         memcpy(fe->eng->scratch, fe->area.data + b->ool.off, b->len);
         val = fe->eng->scratch;
     }
-    if (setsockopt(s->fd, b->level, b->name, val, b->len) < 0) {
+    /* SO_SNDBUF/SO_RCVBUF: the kernel caps them (net.core.wmem_max/rmem_max) */
+    if (setsockopt(s->fd, b->level, b->name, val, b->len) < 0)
         ret = -errno;
-        goto out;
-    }
-    if (b->level == SOL_SOCKET && (b->name == SO_SNDBUF || b->name == SO_RCVBUF)) {
-        kbuf = sock_bufsize(s->fd);
-        if (fe->st.buf_bytes - s->kbuf + kbuf > fe->max_buf) {
-            /* over the frontend's budget: back to what it had */
-            int half = (int)(s->kbuf / 4);
-
-            setsockopt(s->fd, SOL_SOCKET, b->name, &half, sizeof(half));
-            kbuf = sock_bufsize(s->fd);
-            ret = -ENOBUFS;
-        }
-        fe->st.buf_bytes = fe->st.buf_bytes - s->kbuf + kbuf;
-        s->kbuf = kbuf;
-    }
 
 out:
     return respond_ret(fe, req->id, req->cmd, req->sock, ret);

@@ -41,8 +41,9 @@ struct ins_config {
     int log_fd;                /* where log lines go (-1: stderr) */
     uint32_t dns_workers;      /* resolver threads (0: 4); one frontend uses at most half */
     uint32_t max_socks;        /* sockets per frontend (0: the frontend's sock-slots) */
-    uint64_t max_buf_bytes;    /* kernel socket buffers (SO_SNDBUF + SO_RCVBUF) plus data held
-                                * for closed sockets, per frontend (0: 64 MiB) */
+    uint64_t max_buf_bytes;    /* memory the INS holds for one frontend (unsent bytes of closed
+                                * sockets; kernel socket buffers are not counted): an ACCEPT
+                                * waits while its tx ring would not fit (0: 64 MiB) */
 };
 
 struct ins_front_stats {
@@ -50,7 +51,7 @@ struct ins_front_stats {
     uint32_t sockets;          /* open sockets (and slots reserved by pending ACCEPTs) */
     uint64_t tx_bytes;         /* frontend -> network */
     uint64_t rx_bytes;         /* network -> frontend */
-    uint64_t buf_bytes;        /* counted against max_buf_bytes */
+    uint64_t buf_bytes;        /* held in INS memory, counted against max_buf_bytes */
     uint64_t requests[16];     /* by command (index = enum mw_cmd; 0 = unknown commands) */
     uint64_t proto_errors;     /* violations seen (0 or 1: the first one disconnects) */
     int32_t broken;            /* 1 once a violation disconnected the frontend */

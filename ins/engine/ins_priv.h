@@ -68,7 +68,6 @@ struct ins_sock {
     int32_t so_error;          /* an error the INS took from the kernel (a failed CONNECT's, a
                                 * datagram's ICMP error met by recv()): GETSOCKOPT(SO_ERROR)
                                 * reports it once, as the kernel would have */
-    uint64_t kbuf;             /* SO_SNDBUF + SO_RCVBUF counted against the frontend */
 };
 
 /* The unsent tx bytes of a stream socket closed by the frontend: kept in private memory and

@@ -511,3 +511,91 @@ def test_datagram_error_is_announced_and_kept_for_so_error(fronts):
     rsp = f.call(codec.GetSockOpt(0, 0, socket.SOL_SOCKET, socket.SO_ERROR, 4))
     assert int.from_bytes(rsp.body.value, "little") == errno.ECONNREFUSED
     assert f.socks[0].rx.rx_state() == (0, 0)            # no rx flag on a datagram socket
+
+
+def test_accepts_on_a_small_budget_are_all_served(fronts):
+    """The buffer budget counts memory the INS holds, not the kernel's (autotuned) socket
+    buffers: 100 connections through a listener, 8 ACCEPTs at a time, on a 64 KiB budget are
+    all served in turn and none is reset; those not accepted yet wait in the backlog."""
+    with Engine(max_buf_bytes=64 << 10) as eng:
+        eng.start()
+        f = fronts(engine=eng)
+        assert f.socket(0) == 0
+        bound = f.call(codec.Bind(0, 0, addr(LOOP, 0)))
+        assert bound.ret == 0
+        assert f.call(codec.Listen(0, 0, 128)).ret == 0
+        clients = []
+        for i in range(100):
+            c = socket.create_connection((LOOP, bound.body.port), timeout=10)
+            c.sendall(b"hi %03d" % i)
+            clients.append(c)
+        pending = {n: f.send(codec.Accept(0, 0, n, f.rings(n, order=12))) for n in range(1, 9)}
+        served = 0
+        while served < 100:
+            for n, rid in list(pending.items()):
+                rsp = f.wait(rid)
+                assert rsp.ret == 0, rsp
+                msg, _, _ = f.read(n, want=6)
+                f.write(n, msg.upper())
+                assert f.call(codec.Close(0, n)).ret == 0
+                served += 1
+                del pending[n]
+                if served + len(pending) < 100:
+                    pending[n] = f.send(codec.Accept(0, 0, n, f.rings(n, order=12)))
+        for i, c in enumerate(clients):
+            assert c.recv(16) == b"HI %03d" % i       # no ECONNRESET
+            assert c.recv(16) == b""
+            c.close()
+        assert eng.stats(f.handle)["buf_bytes"] == 0
+        assert f.call(codec.Close(0, 0)).ret == 0
+        f.close()
+
+
+def test_accept_waits_while_closed_sockets_hold_the_budget(fronts):
+    """Unsent bytes of a closed socket are held by the INS: while they leave no room for a new
+    connection's tx ring, an ACCEPT waits (the connection stays in the backlog, not reset), and
+    it is answered once they are sent."""
+    with Engine(max_buf_bytes=100_000) as eng:
+        eng.start()
+        f = fronts(engine=eng)
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # inherited: little room
+        lst.bind((LOOP, 0))
+        lst.listen(1)
+        assert f.socket(0) == 0
+        small = (4096).to_bytes(4, "little")
+        assert f.call(codec.SetSockOpt(0, 0, socket.SOL_SOCKET, socket.SO_SNDBUF, small)).ret == 0
+        assert f.call(codec.Connect(0, 0, addr(*lst.getsockname()))).ret == 0
+        peer, _ = lst.accept()
+        blob = os.urandom(60000)
+        f.write(0, blob)
+        assert f.call(codec.Close(0, 0)).ret == 0
+        held = eng.stats(f.handle)["buf_bytes"]
+        assert 0 < held <= len(blob)
+
+        assert f.socket(1) == 0
+        bound = f.call(codec.Bind(0, 1, addr(LOOP, 0)))
+        assert f.call(codec.Listen(0, 1, 8)).ret == 0
+        rid = f.send(codec.Accept(0, 1, 2, f.rings(2, order=17)))   # 128 KiB: no room
+        client = socket.create_connection((LOOP, bound.body.port), timeout=10)
+        client.sendall(b"waiting")
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            f.poll(0.1)
+        assert rid not in f.responses                    # waits in the backlog
+        buf = bytearray()
+        peer.settimeout(10)
+        while True:                                      # the held bytes drain...
+            chunk = peer.recv(1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+        assert bytes(buf) == blob
+        rsp = f.wait(rid)                                # ...then the ACCEPT is answered
+        assert rsp.ret == 0 and rsp.body.port == client.getsockname()[1]
+        assert f.read(2, want=7)[0] == b"waiting"
+        assert eng.stats(f.handle)["buf_bytes"] == 0
+        client.close()
+        peer.close()
+        lst.close()
+        f.close()

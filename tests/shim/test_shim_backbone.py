@@ -3,8 +3,8 @@ xenstored, the INS daemon, mwcommsd) in a private run directory, then `mwcomms r
 
 curl and wget fetch from Python's http.server (all three under the shim, so both ends of each
 connection live in the INS); IPv6 TCP and UDP with addresses and a refused connect; getent
-through gethostbyname2/getaddrinfo; many concurrent connections, fast and slow servers (these
-two are expected to fail until the INS's buffer budget stops resetting connections: xfail).
+through gethostbyname2/getaddrinfo; many concurrent connections, fast and slow servers (connections
+beyond what the server accepted wait in the backlog, as natively: none is reset).
 """
 import hashlib
 import os
@@ -107,13 +107,6 @@ def test_getent_resolves_through_the_ins(backbone):
     assert r.returncode == 2 and r.stdout == ""          # as native: not found
 
 
-INS_BUDGET = ("INS per-frontend buffer budget (ins/engine: DEFAULT_MAX_BUF 64 MiB of SO_SNDBUF + "
-              "SO_RCVBUF, which loopback autotuning grows to MBs per socket): pump_accept closes "
-              "connections beyond it, so clients get ECONNRESET instead of waiting in the backlog; "
-              "the same program passes against the fake mwcommsd (tests/shim/test_shim.py)")
-
-
-@pytest.mark.xfail(reason=INS_BUDGET, strict=False)
 @pytest.mark.parametrize("mode", ["block", "nbaccept-nbconn-nodelay-names"])
 def test_64_concurrent_connections(backbone, mode):
     r = mwrun(backbone, [sys.executable, str(PROGRAMS / "concurrent_echo.py"), "64", "50000",
@@ -121,7 +114,6 @@ def test_64_concurrent_connections(backbone, mode):
     assert "RESULT ok=64 accepted=64 of=64" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
-@pytest.mark.xfail(reason=INS_BUDGET, strict=False)
 def test_connections_wait_behind_a_slow_server(backbone):
     r = mwrun(backbone, [sys.executable, str(PROGRAMS / "concurrent_echo.py"), "32", "50000",
                          "block-slow"], timeout=120)
