@@ -33,6 +33,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -369,7 +370,8 @@ struct mw_fd {
     uint8_t kind;          /* MW_FD_* */
     uint8_t type;          /* SOCK_STREAM or SOCK_DGRAM */
     uint8_t listening;     /* listen() succeeded: readable means a token is queued */
-    uint8_t connected;     /* datagram: connect() set a peer; stream: connect() issued */
+    uint8_t connected;     /* datagram: connect() set a peer; stream: connect() issued or
+                            * accepted (only then does the data fast path take it) */
     uint8_t identified;    /* learnt by IDENTIFY (inherited across exec): state unknown */
     uint8_t pad[3];
     int32_t family;        /* AF_INET or AF_INET6 */
@@ -441,7 +443,7 @@ static void mw_fd_set(int fd, const struct mw_fd *e)
     pthread_mutex_lock(&mw_fd_lock);
     d->type = e->type;
     d->listening = e->listening;
-    d->connected = e->connected;
+    __atomic_store_n(&d->connected, e->connected, __ATOMIC_RELAXED);
     d->identified = e->identified;
     d->family = e->family;
     d->handle = e->handle;
@@ -471,7 +473,7 @@ static void mw_fd_update(int fd, int listening, int connected)
         if (listening >= 0)
             mw_fds[fd].listening = listening;
         if (connected >= 0)
-            mw_fds[fd].connected = connected;
+            __atomic_store_n(&mw_fds[fd].connected, (uint8_t)connected, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&mw_fd_lock);
 }
@@ -1079,6 +1081,52 @@ static ssize_t mw_eof_or_error(int fd)
     return mw_fail(st.error);
 }
 
+/**
+ * May data move on a forwarded stream socket? Natively a TCP socket that never connected, or
+ * that listens, fails recv() with ENOTCONN and send() with EPIPE, while X, a socketpair end,
+ * is always connected. The table says connected once connect() was issued or the socket was
+ * accepted; otherwise mwcommsd is asked (the socket may have been connected by another
+ * process, or inherited across exec) and what it says is recorded. Asking takes the pending
+ * error, which the native call would report (and clear) first too.
+ * @param e the fd's entry (a stream socket)
+ * @return 0 (let the call go to X), -ENOTCONN (never connected, or listening), or the
+ *         socket's pending error
+ */
+static int mw_stream_check(int fd, struct mw_fd *e)
+{
+    struct mwl_rsp_status st;
+    struct stat sb;
+
+    if (e->connected)
+        return 0;
+    if (fstat(fd, &sb) < 0 || sb.st_ino != e->ino)
+        return 0;                  /* no longer the socket: the kernel answers for the fd */
+    if (mw_status(e, &st) < 0)
+        return 0;                  /* mwcommsd unreachable: X tells what it can */
+    if (st.error < 0)
+        return st.error;
+    if (st.state == MWL_ST_LISTENING) {
+        mw_fd_update(fd, 1, -1);
+        return -ENOTCONN;
+    }
+    if (st.state == 0)
+        return -ENOTCONN;
+    mw_fd_update(fd, -1, 1);
+    e->connected = 1;
+    return 0;
+}
+
+/* A send on a stream socket that may not send: EPIPE comes with SIGPIPE, as from the kernel,
+ * unless MSG_NOSIGNAL. */
+static ssize_t mw_stream_send_fail(int err, int flags)
+{
+    if (err == -ENOTCONN)
+        err = -EPIPE;
+    if (err == -EPIPE && !(flags & MSG_NOSIGNAL))
+        raise(SIGPIPE);
+    return mw_fail(err);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Socket creation.
  */
@@ -1134,7 +1182,7 @@ static int mw_socket(int domain, int type, int protocol)
     struct mwl_req_socket req = { .family = domain, .type = base, .protocol = protocol };
     struct mw_call call = { .op = MWL_SOCKET, .req = &req, .req_len = sizeof(req),
                             .send_fd = -1, .rsp_len = sizeof(struct mwl_rsp_socket),
-                            .flags = MWL_F_CLOEXEC };
+                            .flags = MWL_F_CLOEXEC | MWL_F_IDLE_TOKEN };
     struct mwl_rsp_socket rsp;
     int ret, fd;
 
@@ -1352,13 +1400,18 @@ static int mw_simple(uint16_t op, const struct mw_fd *e, int arg)
 static int mw_listen(int fd, int backlog)
 {
     struct mw_fd e;
+    struct mwl_req_handle req = { .arg = backlog };
+    struct mw_call call = { .op = MWL_LISTEN, .req = &req, .req_len = sizeof(req),
+                            .send_fd = fd };
     int ret;
 
     if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_listen(fd, backlog);
     if (e.type != SOCK_STREAM)
         return mw_fail(-EOPNOTSUPP);
-    ret = mw_simple(MWL_LISTEN, &e, backlog);
+    req.handle = e.handle;
+    /* X goes along: mwcommsd takes the idle token of a never connected socket out of it */
+    ret = mw_call_ret(&call);
     if (ret < 0)
         return mw_fail(ret);
     mw_fd_update(fd, 1, -1);
@@ -1827,10 +1880,22 @@ static ssize_t mw_dgram_send(int fd, const struct mw_fd *e, const struct msghdr 
     return n >= (ssize_t)sizeof(h) ? n - (ssize_t)sizeof(h) : 0;
 }
 
+/* A pending-error packet (MWL_DGRAM_F_ERROR) was read: the error, taken from mwcommsd so that
+ * it is reported once; 0 when SO_ERROR reported it already (the packet is then skipped). */
+static int mw_dgram_error(const struct mw_fd *e, uint32_t err)
+{
+    struct mwl_rsp_status st;
+
+    if (mw_status(e, &st) == 0)
+        return st.error;
+    return (err > 0 && err <= 4095) ? -(int)err : -EPROTO;
+}
+
 static ssize_t mw_dgram_recv(int fd, const struct mw_fd *e, struct msghdr *m, int flags)
 {
     struct mwl_dgram h;
     ssize_t n;
+    int err;
 
     if (m->msg_iovlen >= IOV_MAX)
         return mw_fail(-EMSGSIZE);
@@ -1841,6 +1906,8 @@ static ssize_t mw_dgram_recv(int fd, const struct mw_fd *e, struct msghdr *m, in
     iov[0] = (struct iovec){ .iov_base = &h, .iov_len = sizeof(h) };
     for (size_t i = 0; i < m->msg_iovlen; i++)
         iov[i + 1] = m->msg_iov[i];
+again:
+    in.msg_controllen = m->msg_controllen;
     n = libc_recvmsg(fd, &in, flags & (MSG_DONTWAIT | MSG_PEEK | MSG_CMSG_CLOEXEC | MSG_WAITALL));
     if (n < 0)
         return -1;
@@ -1848,6 +1915,14 @@ static ssize_t mw_dgram_recv(int fd, const struct mw_fd *e, struct msghdr *m, in
         return mw_eof_or_error(fd);
     if ((size_t)n < sizeof(h))
         return mw_fail(-EPROTO);
+    if (h.flags & MWL_DGRAM_F_ERROR) {
+        if (flags & MSG_PEEK)      /* a pending error is consumed even by a peek */
+            libc_recv(fd, &h, sizeof(h), MSG_DONTWAIT);
+        err = mw_dgram_error(e, h.len);
+        if (err < 0)
+            return mw_fail(err);
+        goto again;
+    }
     n -= sizeof(h);
     m->msg_controllen = in.msg_controllen;
     m->msg_flags = in.msg_flags & ~MSG_TRUNC;
@@ -1879,8 +1954,9 @@ static inline int mw_data_path(int fd)
     k = __atomic_load_n(&mw_fds[fd].kind, __ATOMIC_ACQUIRE);
     if (k == MW_FD_LOCAL || k == MW_FD_CTL)
         return MW_PATH_LIBC;
-    if (k == MW_FD_MW && __atomic_load_n(&mw_fds[fd].type, __ATOMIC_RELAXED) == SOCK_STREAM)
-        return MW_PATH_STREAM;
+    if (k == MW_FD_MW && __atomic_load_n(&mw_fds[fd].type, __ATOMIC_RELAXED) == SOCK_STREAM &&
+        __atomic_load_n(&mw_fds[fd].connected, __ATOMIC_RELAXED))
+        return MW_PATH_STREAM;     /* not connected (yet): the lookup path checks the state */
     return MW_PATH_LOOKUP;
 }
 
@@ -1929,6 +2005,7 @@ static ssize_t mw_stream_recvmsg(int fd, struct msghdr *m, int flags)
 static ssize_t mw_sendmsg(int fd, const struct msghdr *m, int flags)
 {
     struct mw_fd e;
+    int ret;
 
     switch (mw_data_path(fd)) {
     case MW_PATH_LIBC:
@@ -1942,13 +2019,21 @@ static ssize_t mw_sendmsg(int fd, const struct msghdr *m, int flags)
         return libc_sendmsg(fd, m, flags);
     if (e.type == SOCK_DGRAM)
         return mw_dgram_send(fd, &e, m, flags);
+    ret = mw_stream_check(fd, &e);
+    if (ret < 0)
+        return mw_stream_send_fail(ret, flags);
     return mw_stream_sendmsg(fd, m, flags);
 }
 
 static ssize_t mw_recvmsg_mw(int fd, struct mw_fd *e, struct msghdr *m, int flags)
 {
+    int ret;
+
     if (e->type == SOCK_DGRAM)
         return mw_dgram_recv(fd, e, m, flags);
+    ret = mw_stream_check(fd, e);
+    if (ret < 0)
+        return mw_fail(ret);
     return mw_stream_recvmsg(fd, m, flags);
 }
 
@@ -2039,8 +2124,13 @@ static ssize_t mw_readv(int fd, const struct iovec *iov, int cnt)
     if (mw_fd_lookup(fd, &e, false) != MW_FD_MW)
         return libc_readv(fd, iov, cnt);
     if (e.type == SOCK_STREAM) {
+        size_t want = cnt > 0 ? mw_iov_len(iov, cnt) : 0;
+        int ret = want > 0 ? mw_stream_check(fd, &e) : 0;  /* a socket reads 0 bytes as 0 */
+
+        if (ret < 0)
+            return mw_fail(ret);
         n = libc_readv(fd, iov, cnt);
-        return n < 0 ? n : mw_stream_got(fd, n, cnt > 0 ? mw_iov_len(iov, cnt) : 0);
+        return n < 0 ? n : mw_stream_got(fd, n, want);
     }
     if (cnt < 0)
         return mw_fail(-EINVAL);
@@ -2070,9 +2160,13 @@ static ssize_t mw_writev(int fd, const struct iovec *iov, int cnt)
     struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = cnt };
     struct mw_fd e;
 
-    if (mw_data_path(fd) != MW_PATH_LOOKUP || mw_fd_lookup(fd, &e, false) != MW_FD_MW ||
-        e.type != SOCK_DGRAM)
+    if (mw_data_path(fd) != MW_PATH_LOOKUP || mw_fd_lookup(fd, &e, false) != MW_FD_MW)
         return libc_writev(fd, iov, cnt);
+    if (e.type == SOCK_STREAM) {
+        int ret = mw_stream_check(fd, &e);
+
+        return ret < 0 ? mw_stream_send_fail(ret, 0) : libc_writev(fd, iov, cnt);
+    }
     if (cnt < 0)
         return mw_fail(-EINVAL);
     if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)

@@ -79,6 +79,12 @@ struct fe_sock {
     int close_wait;            /* closing: CLOSE waits until the INS took every datagram */             /* DATA was posted for tx at least once */
     int tx_wait, rx_wait;      /* waiting for SPACE on tx / for P to take rx bytes */
     int connected_once;
+    int want_token;            /* SOCKET asked for the idle token (MWL_F_IDLE_TOKEN) */
+    int idle_token;            /* stream never connected nor listening: X holds one byte
+                                * (readable, as a native one polls POLLHUP; the shim answers
+                                * its reads ENOTCONN); taken through X at CONNECT/LISTEN */
+    int err_fetch;             /* datagram: a GETSOCKOPT(SO_ERROR) after STATE is outstanding */
+    int err_pkt;               /* datagram: sk->error is still to be announced on P */
     int lost;                  /* ended by the loss of the INS */
     int nb_x;                  /* non-blocking connect: our dup of X, else -1 */
     uint32_t filler, sndbuf;
@@ -96,7 +102,8 @@ enum fe_op_kind {
     OP_NB_CONNECT,             /* non-blocking connect: finish the filler scheme */
     OP_PREACCEPT,              /* a pre-posted ACCEPT */
     OP_CLOSE,                  /* CLOSE after HUP or a failure */
-    OP_SHUT_WR                 /* SHUTDOWN(SHUT_WR) after EOF on P */
+    OP_SHUT_WR,                /* SHUTDOWN(SHUT_WR) after EOF on P */
+    OP_DGRAM_ERR               /* GETSOCKOPT(SO_ERROR) after STATE on a datagram socket */
 };
 
 struct fe_op {

@@ -732,11 +732,38 @@ out_proto:
     violation(e, "rx ring", "index or end of stream");
 }
 
+/* A pending datagram error (ICMP) to P: a struct mwl_dgram with MWL_DGRAM_F_ERROR and the
+ * errno, no payload; the shim's next receive call fails with it.
+ * @return 0 (sent, or P takes nothing any more), -EAGAIN (P is full: wait for EPOLLOUT) */
+static int dgram_error_out(struct fe_sock *sk)
+{
+    struct mwl_dgram d;
+
+    sk->err_pkt = 0;
+    if (sk->rx_discard || sk->error == 0)
+        return 0;
+    memset(&d, 0, sizeof(d));
+    d.flags = MWL_DGRAM_F_ERROR;
+    d.len = (uint32_t)-sk->error;
+    if (send(sk->src.fd, &d, sizeof(d), MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
+            sk->err_pkt = 1;
+            return -EAGAIN;
+        }
+        sk->rx_discard = 1;
+    }
+    return 0;
+}
+
 /* rx -> P, datagrams: a struct mwl_dgram then the payload, straight from the ring. */
 static void pump_rx_dgram(struct mwfe *e, struct fe_sock *sk)
 {
     unsigned int n = 0;
 
+    if (sk->err_pkt && dgram_error_out(sk) == -EAGAIN) {
+        sk->rx_wait = 1;
+        return;
+    }
     while (sk->live && n++ < 256) {
         struct mw_dgram_hdr h;
         struct mwl_dgram d;
@@ -945,6 +972,32 @@ static void refill_accepts(struct mwfe *e, struct fe_sock *l)
     }
 }
 
+/* ---- the idle token ----------------------------------------------------------------------- */
+
+/* A new stream socket: one byte into P makes X readable until the socket connects or listens.
+ * A native TCP socket that never connected polls POLLOUT|POLLHUP, so a caller that polls before
+ * recv() (Python with a timeout, event loops) goes on to recv() and its ENOTCONN; X would
+ * otherwise never wake it. The shim never delivers that byte (it fails such reads itself). */
+static void idle_token_put(struct fe_sock *sk)
+{
+    if (!sk->want_token || sk->idle_token || sk->src.fd < 0)
+        return;
+    if (send(sk->src.fd, "u", 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1)
+        sk->idle_token = 1;
+}
+
+/* CONNECT or LISTEN: take the byte back out of X (an fd the shim sent, checked to be X),
+ * before anything else can be queued behind it. */
+static void idle_token_take(struct fe_sock *sk, int x)
+{
+    char b;
+
+    if (!sk->idle_token || x < 0)
+        return;
+    if (recv(x, &b, 1, MSG_DONTWAIT) == 1)
+        sk->idle_token = 0;
+}
+
 /* ---- the INS: completions ----------------------------------------------------------------- */
 
 static void nb_connect_finish(struct mwfe *e, struct fe_sock *sk, uint32_t filler)
@@ -1004,6 +1057,7 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
             if (op->client) {
                 struct fe_client *c = op->client;
 
+                idle_token_put(sk);
                 reply(e, c, op->seq, op->lop, 0, &r, sizeof(r), NULL, 0, sk->x);
                 if (op->client)
                     client_unpark(e, c);
@@ -1069,6 +1123,8 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
             sk->accept_max = backlog < 1 ? 1 : backlog > e->cfg.accept_max ?
                              e->cfg.accept_max : backlog;
             sk_update_watch(e, sk);
+        } else if (ret < 0 && sk->state == SK_OPEN && sk->live) {
+            idle_token_put(sk);          /* still never connected: X readable again */
         }
         call_done(e, op, ret, NULL, 0, NULL, 0);
         refill_accepts(e, sk);
@@ -1116,6 +1172,20 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
         uint32_t len = rsp->u.sockopt.len;
         const void *val = rsp->u.sockopt.val;
 
+        if (op->kind == OP_DGRAM_ERR) {
+            int v = 0;
+
+            sk->err_fetch = 0;
+            if (ret < 0 || from_loss || !sk->live || len != sizeof(v))
+                break;
+            memcpy(&v, val, sizeof(v));
+            if (v <= 0 || v > 4095)
+                break;                   /* none (taken by the app's SO_ERROR meanwhile) */
+            sk->error = -v;
+            sk->err_pkt = 1;
+            pump_rx(e, sk);
+            break;
+        }
         if (ret < 0) {
             call_done(e, op, ret, NULL, 0, NULL, 0);
             break;
@@ -1186,6 +1256,25 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
     }
 }
 
+/* STATE on a datagram socket: the INS holds a pending error (protocol.md 7.5). Take it with
+ * GETSOCKOPT(SO_ERROR), which clears it there; its answer hands it to the application. */
+static void dgram_error_fetch(struct mwfe *e, struct fe_sock *sk)
+{
+    struct fe_op *op;
+
+    if (sk->err_fetch)
+        return;
+    op = op_new(e, OP_DGRAM_ERR, sk);
+    if (!op)
+        return;
+    mw_req_build_getsockopt(&op->req, 0, sk->slot, SOL_SOCKET, SO_ERROR, sizeof(int), 0, 0);
+    if (op_send(e, op) < 0) {
+        op_free(e, op);
+        return;
+    }
+    sk->err_fetch = 1;
+}
+
 /* Take every response and event the INS published. */
 static void ins_process(struct mwfe *e)
 {
@@ -1245,6 +1334,8 @@ static void ins_process(struct mwfe *e)
             pump_tx(e, sk);
         else
             pump_rx(e, sk);
+        if (ev.type == MW_EV_STATE && sk->type == SOCK_DGRAM && sk->live)
+            dgram_error_fetch(e, sk);
     }
 }
 
@@ -1451,6 +1542,7 @@ static void do_socket(struct mwfe *e, struct fe_client *c, const struct mwl_hdr 
     sk = sk_new(e, c->uid, q->family, q->type, q->protocol);
     if (!sk)
         return reply_err(e, c, h->seq, h->op, -EMFILE);
+    sk->want_token = q->type == SOCK_STREAM && (h->flags & MWL_F_IDLE_TOKEN);
     rc = slot_alloc(e, sk, q->type == SOCK_STREAM ? e->cfg.stream_order : e->cfg.dgram_order);
     if (rc == 0)
         rc = sk_make_pair(sk);
@@ -1517,6 +1609,7 @@ static void do_connect(struct mwfe *e, struct fe_client *c, const struct mwl_hdr
         op_free(e, op);
         return reply_err(e, c, h->seq, h->op, -EINVAL);
     }
+    idle_token_take(sk, *fd);
     sk->nb_x = *fd;
     *fd = -1;
     sk->filler = q->filler;
@@ -1853,7 +1946,8 @@ static int client_serve(struct mwfe *e, struct fe_client *c)
             malformed = "length field does not match the packet";
         else if (h.ret != 0)
             malformed = "request with a result";
-        else if (nfds > 1 || (nfds == 1 && h.op != MWL_IDENTIFY && h.op != MWL_CONNECT))
+        else if (nfds > 1 || (nfds == 1 && h.op != MWL_IDENTIFY && h.op != MWL_CONNECT &&
+                              h.op != MWL_LISTEN))
             malformed = "unexpected file descriptors";
         else if (h.op == 0 || h.op >= MWL_OP_MAX_)
             ;
@@ -1889,6 +1983,8 @@ static int client_serve(struct mwfe *e, struct fe_client *c)
             goto out_close_fd;
         }
     }
+    if (h.op == MWL_LISTEN && sk->state == SK_OPEN && fd_is_x(sk, fd))
+        idle_token_take(sk, fd);
     switch (h.op) {
     case MWL_HELLO: {
         struct mwl_hello r = { .version = MWL_VERSION,

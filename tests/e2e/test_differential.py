@@ -18,13 +18,7 @@ SCENARIOS = os.path.join(HERE, "scenarios.py")
 MWCOMMS = os.path.join(os.path.dirname(sys.executable), "mwcomms")
 NAMES = ["tcp_basic", "tcp_ipv6", "errors", "nonblocking_connect", "accept4_flags", "msg_flags",
          "udp", "big_transfer", "dup_close", "fork_child", "exec_child", "resolve",
-         pytest.param("unconnected", marks=pytest.mark.xfail(
-             strict=True, reason="known difference: recv/send on a stream socket that never "
-                                 "connected block (the socketpair is always connected) instead of "
-                                 "ENOTCONN / EPIPE")),
-         pytest.param("udp_refused", marks=pytest.mark.xfail(
-             strict=True, reason="known difference: protocol v1 does not carry datagram errors "
-                                 "(ICMP port unreachable) from the INS to the application yet"))]
+         "unconnected", "udp_refused"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                                 reason="needs root and unshare(1): the native runs and the INS "

@@ -66,6 +66,10 @@ struct mwl_hdr {
 
 #define MWL_F_NONBLOCK 0x1u   /* CONNECT/ACCEPT: the application's socket is non-blocking */
 #define MWL_F_CLOEXEC 0x2u    /* SOCKET/ACCEPT: receive the fd close-on-exec */
+#define MWL_F_IDLE_TOKEN 0x4u /* SOCKET, stream: X holds one byte (readable) until the socket
+                               * connects or listens; the shim then sends X with CONNECT and
+                               * LISTEN, and mwcommsd takes the byte back out of it (the
+                               * shim fails reads of a never connected socket: ENOTCONN) */
 
 /* A forwarded socket as mwcommsd names it: slot and generation, never reused while the
  * application may still hold the old one. */
@@ -179,9 +183,17 @@ struct mwl_req_ioctl {
 struct mwl_dgram {
     struct mw_sockaddr addr;  /* send: destination (family 0: the connected peer);
                                * receive: source */
-    uint32_t flags;           /* receive: MSG_TRUNC when the datagram was cut */
-    uint32_t len;             /* receive: the datagram's full length */
+    uint32_t flags;           /* receive: MSG_TRUNC when the datagram was cut; MWL_DGRAM_F_ERROR */
+    uint32_t len;             /* receive: the datagram's full length; with MWL_DGRAM_F_ERROR the
+                               * errno */
 };
+
+/* Receive: not a datagram but the socket's pending error (an ICMP error the INS met, e.g.
+ * ECONNREFUSED for a connected UDP socket), errno in `len`, no payload. The receive call that
+ * reads it fails with that errno, as native recv() reports a pending error once; the shim
+ * first takes the error with STATUS (which clears it, as SO_ERROR does) and skips the packet
+ * when STATUS has none any more (SO_ERROR already reported it). */
+#define MWL_DGRAM_F_ERROR 0x80000000u
 
 _Static_assert(sizeof(struct mwl_hdr) == 16, "local header");
 _Static_assert(sizeof(struct mwl_dgram) == 40, "datagram header");
