@@ -38,17 +38,23 @@ def transcript(out: str) -> list:
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("mwc"))
-    up = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
-                        timeout=120, env=_env())
-    if up.returncode != 0:
-        logs = os.path.join(run_dir, "logs")
-        tails = ""
-        for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
-            with open(os.path.join(logs, name)) as f:
-                tails += f"\n--- {name}\n" + "".join(f.readlines()[-20:])
-        pytest.fail(f"mwcomms up failed: {up.stdout}{up.stderr}{tails}")
-    yield run_dir
-    subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=120)
+    try:
+        try:
+            up = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
+                                timeout=120, env=_env())
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"mwcomms up did not return within 120 s: {exc.stdout}")
+        if up.returncode != 0:
+            logs = os.path.join(run_dir, "logs")
+            tails = ""
+            for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+                with open(os.path.join(logs, name)) as f:
+                    tails += f"\n--- {name}\n" + "".join(f.readlines()[-20:])
+            pytest.fail(f"mwcomms up failed: {up.stdout}{up.stderr}{tails}")
+        yield run_dir
+    finally:
+        # Always: an `up` that failed half-way may have left daemons running.
+        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=120)
 
 
 def run_native(name):
