@@ -13,9 +13,9 @@ Negative errnos from C become OSError in `_check` only.
 from __future__ import annotations
 
 import os
-import threading
 
 from mwcomms._native import ffi, lib
+from mwcomms.xen._loop import LoopThread
 
 __all__ = ["Engine", "feature_bits"]
 
@@ -54,8 +54,9 @@ class Engine:
         out = ffi.new("struct ins_engine **")
         _check(lib.ins_engine_create(cfg, out), "INS engine")
         self._ptr = out[0]
-        self._thread: threading.Thread | None = None
-        self._result = 0
+        # The loop call releases the GIL (cffi does for every C call).
+        self._loop = LoopThread("ins-engine", lambda: lib.ins_engine_run(self._ptr),
+                                lambda: lib.ins_engine_stop(self._ptr))
         self._links: dict[int, object] = {}      # keeps areas and handles alive while attached
 
     @property
@@ -106,22 +107,13 @@ class Engine:
                 out[handle] = st["why"]
         return out
 
-    def _run(self) -> None:
-        self._result = lib.ins_engine_run(self._ptr)    # cffi releases the GIL
-
     def start(self) -> None:
         """Run the loop in a thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ins-engine", daemon=True)
-            self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop the loop and wait for its thread."""
-        if self._thread is not None:
-            lib.ins_engine_stop(self._ptr)
-            self._thread.join()
-            self._thread = None
-            _check(self._result, "INS engine loop")
+        self._loop.stop()
 
     def close(self) -> None:
         if self._ptr is None:

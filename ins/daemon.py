@@ -28,6 +28,7 @@ import time
 
 import pyxs
 
+from mwcomms.xen._loop import serve
 from mwcomms.xen import connection, xenbus
 from mwcomms.xen.platform import Platform
 from mwcomms.xen.xenbus import BackendDriver, XenbusState
@@ -308,20 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon = InsDaemon(plat, args.xenstore, domid, log_fd=log_fd,
                            max_socks=args.max_socks, max_buf_bytes=args.max_buf_mb << 20,
                            stats_path=args.stats)
-        failed = []
-
-        def serve():
-            try:
-                daemon.run(stop)
-            except Exception as exc:            # noqa: BLE001 - reported, then exit 1
-                log.exception("INS: %s", exc)
-                failed.append(exc)
-
-        runner = threading.Thread(target=serve, name="ins-control")
-        runner.start()
-        while runner.is_alive():
-            runner.join(0.5)                    # the main thread stays free for signals
-        if failed:
+        if serve(daemon.run, stop, "INS", log):
             return 1
     except OSError as exc:
         log.error("INS: %s", exc)

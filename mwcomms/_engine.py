@@ -15,9 +15,9 @@ Negative errnos from C become OSError in `_check` only.
 from __future__ import annotations
 
 import os
-import threading
 
 from mwcomms._native import ffi, lib
+from mwcomms.xen._loop import LoopThread
 
 __all__ = ["Engine", "feature_bits"]
 
@@ -52,8 +52,9 @@ class Engine:
         out = ffi.new("struct mwfe **")
         _check(lib.mwfe_create(cfg, out), "mwcommsd engine")
         self._ptr = out[0]
-        self._thread: threading.Thread | None = None
-        self._result = 0
+        # The loop call releases the GIL (cffi does for every C call).
+        self._loop = LoopThread("mwcommsd-engine", lambda: lib.mwfe_run(self._ptr),
+                                lambda: lib.mwfe_stop(self._ptr))
         self._link = None            # keeps the area and event channel alive while attached
 
     def listen(self, path: str) -> None:
@@ -101,22 +102,13 @@ class Engine:
         lib.mwfe_stats(self._ptr, st)
         return {name: getattr(st, name) for name in _STATS}
 
-    def _run(self) -> None:
-        self._result = lib.mwfe_run(self._ptr)      # cffi releases the GIL
-
     def start(self) -> None:
         """Run the loop in a thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="mwcommsd-engine", daemon=True)
-            self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop the loop and wait for its thread."""
-        if self._thread is not None:
-            lib.mwfe_stop(self._ptr)
-            self._thread.join()
-            self._thread = None
-            _check(self._result, "mwcommsd engine loop")
+        self._loop.stop()
 
     def close(self) -> None:
         if self._ptr is None:

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+from mwcomms.xen._loop import serve
 from mwcomms.xen import area, connection, xenbus
 from mwcomms.xen.platform import Platform
 from mwcomms.xen.xenbus import FrontendDriver, XenbusState
@@ -221,20 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                                 devid=args.devid, layout=layout,
                                 engine=Engine(stream_order=args.ring_order),
                                 stats_path=args.stats)
-        failed = []
-
-        def serve():
-            try:
-                daemon.run(stop)
-            except Exception as exc:            # noqa: BLE001 - reported, then exit 1
-                log.exception("mwcommsd: %s", exc)
-                failed.append(exc)
-
-        runner = threading.Thread(target=serve, name="mwcommsd-control")
-        runner.start()
-        while runner.is_alive():
-            runner.join(0.5)                    # the main thread stays free for signals
-        if failed:
+        if serve(daemon.run, stop, "mwcommsd", log):
             return 1
     except OSError as exc:
         log.error("mwcommsd: %s", exc)
