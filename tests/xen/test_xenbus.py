@@ -155,7 +155,11 @@ def test_killed_frontend_leaves_stale_state_and_a_new_one_connects(xs):
     proc = subprocess.Popen([sys.executable, "-c", CRASHING_FRONTEND,
                              daemon.domain_socket(FRONT), fp], env=env)
     try:
+        # Both sides connected: the backend's record, then the frontend's own state node.
         assert bd.wait_for(S.CONNECTED, 10)
+        deadline = time.monotonic() + 10
+        while xenbus.read_opt(tool, f"{fp}/state") != b"4" and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         proc.kill()        # dies without a word: its Connected stays in XenStore
         proc.wait()
