@@ -16,6 +16,8 @@ import os
 
 from mwcomms._native import ffi, lib
 from mwcomms.xen._loop import LoopThread
+from mwcomms.xen.connection import feature_bits as _feature_bits
+from mwcomms.xen.platform import check_errno
 
 __all__ = ["Engine", "feature_bits"]
 
@@ -25,18 +27,9 @@ _CMD_NAMES = ["UNKNOWN", "SOCKET", "CONNECT", "BIND", "LISTEN", "ACCEPT", "SHUTD
               "GETNAMEINFO", "IOCTL", "PING"]
 
 
-def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
-    return rc
-
-
 def feature_bits(features) -> int:
     """INS_F_* of negotiated feature names (unknown names are ignored)."""
-    bits = 0
-    for name in features:
-        bits |= _FEATURES.get(name, 0)
-    return bits
+    return _feature_bits(features, _FEATURES)
 
 
 class Engine:
@@ -52,7 +45,7 @@ class Engine:
         cfg.max_socks = max_socks
         cfg.max_buf_bytes = max_buf_bytes
         out = ffi.new("struct ins_engine **")
-        _check(lib.ins_engine_create(cfg, out), "INS engine")
+        check_errno(lib.ins_engine_create(cfg, out), "INS engine")
         self._ptr = out[0]
         # The loop call releases the GIL (cffi does for every C call).
         self._loop = LoopThread("ins-engine", lambda: lib.ins_engine_run(self._ptr),
@@ -72,7 +65,7 @@ class Engine:
         geom.sock_slots, geom.data_pages = layout.sock_slots, layout.data_pages
         area = link.area
         size = area.npages * 4096
-        handle = _check(lib.ins_engine_attach(
+        handle = check_errno(lib.ins_engine_attach(
             self._ptr, link.front_domid if front_id is None else front_id,
             ffi.cast("void *", area.address), size, geom, link.evtchn._live(), link.port,
             feature_bits(link.features)), "attach frontend")
@@ -81,12 +74,12 @@ class Engine:
 
     def detach(self, handle: int) -> None:
         """Close every socket of that frontend; the engine no longer touches its area."""
-        _check(lib.ins_engine_detach(self._ptr, handle), f"detach {handle}")
+        check_errno(lib.ins_engine_detach(self._ptr, handle), f"detach {handle}")
         self._links.pop(handle, None)
 
     def stats(self, handle: int) -> dict:
         st = ffi.new("struct ins_front_stats *")
-        _check(lib.ins_engine_stats(self._ptr, handle, st), f"stats {handle}")
+        check_errno(lib.ins_engine_stats(self._ptr, handle, st), f"stats {handle}")
         return {"front_id": st.front_id, "sockets": st.sockets, "tx_bytes": st.tx_bytes,
                 "rx_bytes": st.rx_bytes, "buf_bytes": st.buf_bytes,
                 "requests": {_CMD_NAMES[i]: st.requests[i] for i in range(16) if st.requests[i]},

@@ -18,6 +18,8 @@ import os
 
 from mwcomms._native import ffi, lib
 from mwcomms.xen._loop import LoopThread
+from mwcomms.xen.connection import feature_bits as _feature_bits
+from mwcomms.xen.platform import check_errno
 
 __all__ = ["Engine", "feature_bits"]
 
@@ -26,18 +28,9 @@ _STATS = ("sockets", "sockets_total", "bytes_tx", "bytes_rx", "calls", "call_err
           "clients_dropped", "ins_requests", "attaches", "violations", "dgrams_dropped")
 
 
-def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
-    return rc
-
-
 def feature_bits(features) -> int:
     """MWL_FEAT_* of negotiated feature names (unknown names are ignored)."""
-    bits = 0
-    for name in features:
-        bits |= _FEATURES.get(name, 0)
-    return bits
+    return _feature_bits(features, _FEATURES)
 
 
 class Engine:
@@ -50,7 +43,7 @@ class Engine:
         cfg.stream_order, cfg.dgram_order = stream_order, dgram_order
         cfg.accept_max, cfg.max_sockets = accept_max, max_sockets
         out = ffi.new("struct mwfe **")
-        _check(lib.mwfe_create(cfg, out), "mwcommsd engine")
+        check_errno(lib.mwfe_create(cfg, out), "mwcommsd engine")
         self._ptr = out[0]
         # The loop call releases the GIL (cffi does for every C call).
         self._loop = LoopThread("mwcommsd-engine", lambda: lib.mwfe_run(self._ptr),
@@ -58,7 +51,7 @@ class Engine:
         self._link = None            # keeps the area and event channel alive while attached
 
     def listen(self, path: str) -> None:
-        _check(lib.mwfe_listen(self._ptr, os.fsencode(path)), f"control socket {path}")
+        check_errno(lib.mwfe_listen(self._ptr, os.fsencode(path)), f"control socket {path}")
 
     @property
     def link_fd(self) -> int:
@@ -72,14 +65,14 @@ class Engine:
         geom.cmd_pages, geom.evq_pages = layout.cmd_ring_pages, layout.evq_pages
         geom.sock_slots, geom.data_pages = layout.sock_slots, layout.data_pages
         area = link.area
-        _check(lib.mwfe_attach(self._ptr, ffi.cast("void *", area.address), area.npages * 4096,
+        check_errno(lib.mwfe_attach(self._ptr, ffi.cast("void *", area.address), area.npages * 4096,
                                geom, link.evtchn._live(), link.port,
                                feature_bits(link.features)), "attach INS")
         self._link = link
 
     def detach(self) -> None:
         """Fail every socket; the engine no longer touches the area afterwards."""
-        _check(lib.mwfe_detach(self._ptr), "detach INS")
+        check_errno(lib.mwfe_detach(self._ptr), "detach INS")
         self._link = None
 
     def link(self) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import area as _area
 
 __all__ = ["PROTOCOL_VERSIONS", "FEATURES", "Limits", "NegotiationError", "FrontLink",
-           "BackLink", "choose_version", "parse_tokens"]
+           "BackLink", "choose_version", "parse_tokens", "feature_bits"]
 
 log = logging.getLogger("mwcomms.connection")
 
@@ -54,6 +54,15 @@ def parse_tokens(raw: str | None, what: str) -> list[str]:
         if not tok or len(tok) > 32 or not set(tok) <= _TOKEN_CHARS:
             raise NegotiationError(f"{what}: bad token {tok!r}")
     return tokens
+
+
+def feature_bits(features, table: dict[str, int]) -> int:
+    """The bit mask of negotiated feature names in an engine's `table` (unknown names are
+    ignored)."""
+    bits = 0
+    for name in features:
+        bits |= table.get(name, 0)
+    return bits
 
 
 def _number(keys: dict[str, str], name: str) -> int:

@@ -3,7 +3,7 @@
 The C API (xen/include/mwcomms/platform.h) does the work on both backends, ``sim`` (one host,
 processes as domains) and ``xen`` (the /dev/xen devices of a real domain). This module only
 allocates arguments, calls it, and turns a negative errno into an ``OSError`` with ``.errno``
-(in ``_check``, the one place that does so).
+(in ``check_errno``, the one place that does so).
 
     with Platform(backend="sim", sim_dir="/dev/shm/sim", domid=1) as plat:
         with plat.share(2, 4) as g:            # 4 pages that domain 2 may map
@@ -34,8 +34,9 @@ DOMID_SELF = lib.MW_DOMID_SELF
 PAGE_SIZE = lib.MW_GNT_PAGE_SIZE
 
 
-def _check(rc: int, what: str) -> int:
-    """Return rc when it is >= 0; raise OSError(-rc) naming `what` when it is a -errno."""
+def check_errno(rc: int, what: str) -> int:
+    """Return rc when it is >= 0; raise OSError(-rc) naming `what` when it is a -errno.
+    The one place where a C error of the data plane becomes a Python exception."""
     if rc < 0:
         raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
     return rc
@@ -67,7 +68,7 @@ class Platform:
         cfg.sim_dir = cstr(sim_dir)
         cfg.sim_domid = -1 if domid is None else int(domid)
         out = ffi.new("struct mw_plat **")
-        _check(lib.mw_plat_open(cfg, out), "platform open")
+        check_errno(lib.mw_plat_open(cfg, out), "platform open")
         self._ptr = out[0]
         self.backend: str = ffi.string(lib.mw_plat_backend(self._ptr)).decode()
 
@@ -88,7 +89,7 @@ class Platform:
         refs = ffi.new("uint32_t[]", max(n, 1))
         addr = ffi.new("void **")
         out = ffi.new("struct mw_gnt **")
-        _check(lib.mw_gnt_share(self._live(), remote, n, refs, addr, out),
+        check_errno(lib.mw_gnt_share(self._live(), remote, n, refs, addr, out),
                f"share {npages} pages with domain {remote}")
         return self._adopt(Grant(self, out[0], addr[0], npages, tuple(refs[0:npages])))
 
@@ -98,14 +99,14 @@ class Platform:
         crefs = ffi.new("uint32_t[]", refs) if refs else ffi.new("uint32_t[1]")
         addr = ffi.new("void **")
         out = ffi.new("struct mw_gnt **")
-        _check(lib.mw_gnt_map(self._live(), remote, len(refs), crefs, addr, out),
+        check_errno(lib.mw_gnt_map(self._live(), remote, len(refs), crefs, addr, out),
                f"map {len(refs)} pages of domain {remote}")
         return self._adopt(Grant(self, out[0], addr[0], len(refs), refs))
 
     def evtchn(self) -> EventChannel:
         """Open an event channel handle."""
         out = ffi.new("struct mw_evtchn **")
-        _check(lib.mw_evtchn_open(self._live(), out), "event channel open")
+        check_errno(lib.mw_evtchn_open(self._live(), out), "event channel open")
         return self._adopt(EventChannel(self, out[0]))
 
     def _adopt(self, child):
@@ -212,33 +213,33 @@ class EventChannel:
 
     def alloc_unbound(self, remote: int) -> int:
         """A new local port that domain `remote` (or DOMID_SELF) may bind to."""
-        return _check(lib.mw_evtchn_alloc_unbound(self._live(), remote),
+        return check_errno(lib.mw_evtchn_alloc_unbound(self._live(), remote),
                       f"alloc unbound port for domain {remote}")
 
     def bind_interdomain(self, remote: int, remote_port: int) -> int:
         """Bind to `remote_port` of domain `remote`; returns the local port."""
-        return _check(lib.mw_evtchn_bind_interdomain(self._live(), remote, remote_port),
+        return check_errno(lib.mw_evtchn_bind_interdomain(self._live(), remote, remote_port),
                       f"bind to port {remote_port} of domain {remote}")
 
     def notify(self, port: int) -> None:
         """Kick the other end of local `port`."""
-        _check(lib.mw_evtchn_notify(self._live(), port), f"notify port {port}")
+        check_errno(lib.mw_evtchn_notify(self._live(), port), f"notify port {port}")
 
     def pending(self) -> Optional[int]:
         """Take one pending port and unmask it; None when none is pending."""
         rc = lib.mw_evtchn_pending(self._live())
         if rc == -errno.EAGAIN:
             return None
-        return _check(rc, "pending")
+        return check_errno(rc, "pending")
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait up to `timeout` seconds (None: forever) for a pending port; True if one is."""
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        return bool(_check(lib.mw_evtchn_wait(self._live(), ms), "wait"))
+        return bool(check_errno(lib.mw_evtchn_wait(self._live(), ms), "wait"))
 
     def unbind(self, port: int) -> None:
         """Close local `port`."""
-        _check(lib.mw_evtchn_unbind(self._live(), port), f"unbind port {port}")
+        check_errno(lib.mw_evtchn_unbind(self._live(), port), f"unbind port {port}")
 
     def close(self) -> None:
         """Close the handle and every port bound through it. Idempotent."""

@@ -12,14 +12,14 @@ codec.
     if front.push():
         evtchn.notify(port)
 
-Errors: a negative errno from C becomes an OSError with .errno, in `_check` only. EPROTO
+Errors: a negative errno from C becomes an OSError with .errno, in `check_errno` (xen/platform.py) only. EPROTO
 means the peer broke the protocol: the object stays broken, the connection must go.
 """
-import os
 import struct
 from dataclasses import dataclass
 
 from mwcomms._native import ffi, lib
+from mwcomms.xen.platform import check_errno
 
 __all__ = ["Geometry", "Area", "CommandFront", "CommandBack", "EventQueue", "ByteRing",
            "RESCAN", "FRONT", "BACK", "TX", "RX"]
@@ -31,13 +31,6 @@ RESCAN = "rescan"          # EventQueue.take(): events were dropped, rescan ever
 _SLOT = 128
 _EVENT = struct.Struct("<IHHQ")
 _DGRAM_HDR = 40
-
-
-def _check(rc, what):
-    """Return rc when it is >= 0; raise OSError(-rc) naming `what` when it is a -errno."""
-    if rc < 0:
-        raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
-    return rc
 
 
 @dataclass(frozen=True)
@@ -59,7 +52,7 @@ class Geometry:
     def size(self):
         """Bytes of the area; OSError(EINVAL) for a geometry out of the limits."""
         out = ffi.new("size_t *")
-        _check(lib.mw_area_size(self._c(), out), "area size")
+        check_errno(lib.mw_area_size(self._c(), out), "area size")
         return out[0]
 
 
@@ -71,11 +64,11 @@ class Area:
         self.geometry = geometry
         self._buf = ffi.from_buffer(buffer, require_writable=True)
         self._c = ffi.new("struct mw_area *")
-        _check(lib.mw_area_init(self._c, self._buf, len(self._buf), geometry._c()), "area")
+        check_errno(lib.mw_area_init(self._c, self._buf, len(self._buf), geometry._c()), "area")
 
     def reset_socket(self, sock):
         """Frontend: zero socket slot `sock` before handing it to a SOCKET/ACCEPT request."""
-        _check(lib.mw_sock_reset(self._c, sock), "socket reset")
+        check_errno(lib.mw_sock_reset(self._c, sock), "socket reset")
 
 
 class CommandFront:
@@ -84,12 +77,12 @@ class CommandFront:
     def __init__(self, area):
         self._area = area
         self._c = ffi.new("struct mw_cmd_front *")
-        _check(lib.mw_cmd_front_init(self._c, area._c), "command ring")
+        check_errno(lib.mw_cmd_front_init(self._c, area._c), "command ring")
 
     @property
     def space(self):
         """Requests that may be put now."""
-        return _check(lib.mw_cmd_front_space(self._c), "command ring")
+        return check_errno(lib.mw_cmd_front_space(self._c), "command ring")
 
     @property
     def outstanding(self):
@@ -98,23 +91,23 @@ class CommandFront:
     def put(self, req, cookie=0):
         """Write a 128-byte request (its id is assigned here); return the id."""
         buf = ffi.new("char[]", bytes(req).ljust(_SLOT, b"\0")[:_SLOT])
-        _check(lib.mw_cmd_front_put_req(self._c, buf, cookie), "put request")
+        check_errno(lib.mw_cmd_front_put_req(self._c, buf, cookie), "put request")
         return int.from_bytes(ffi.buffer(buf, 4), "little")
 
     def push(self):
         """Publish; True when the INS asked to be kicked."""
-        return bool(_check(lib.mw_cmd_front_push(self._c), "push requests"))
+        return bool(check_errno(lib.mw_cmd_front_push(self._c), "push requests"))
 
     def take(self):
         """The next response as (bytes, cookie), or None."""
         buf, cookie = ffi.new("char[]", _SLOT), ffi.new("uint64_t *")
-        if not _check(lib.mw_cmd_front_take_rsp(self._c, buf, cookie), "take response"):
+        if not check_errno(lib.mw_cmd_front_take_rsp(self._c, buf, cookie), "take response"):
             return None
         return bytes(ffi.buffer(buf)), cookie[0]
 
     def final_check(self):
         """Before sleeping: True when a response came meanwhile (do not sleep)."""
-        return bool(_check(lib.mw_cmd_front_final_check(self._c), "final check"))
+        return bool(check_errno(lib.mw_cmd_front_final_check(self._c), "final check"))
 
 
 class CommandBack:
@@ -123,7 +116,7 @@ class CommandBack:
     def __init__(self, area):
         self._area = area
         self._c = ffi.new("struct mw_cmd_back *")
-        _check(lib.mw_cmd_back_init(self._c, area._c), "command ring")
+        check_errno(lib.mw_cmd_back_init(self._c, area._c), "command ring")
 
     @property
     def unanswered(self):
@@ -132,19 +125,19 @@ class CommandBack:
     def take(self):
         """The next request (128 bytes, unchecked content), or None."""
         buf = ffi.new("char[]", _SLOT)
-        if not _check(lib.mw_cmd_back_take_req(self._c, buf), "take request"):
+        if not check_errno(lib.mw_cmd_back_take_req(self._c, buf), "take request"):
             return None
         return bytes(ffi.buffer(buf))
 
     def put(self, rsp):
         buf = ffi.new("char[]", bytes(rsp).ljust(_SLOT, b"\0")[:_SLOT])
-        _check(lib.mw_cmd_back_put_rsp(self._c, buf), "put response")
+        check_errno(lib.mw_cmd_back_put_rsp(self._c, buf), "put response")
 
     def push(self):
-        return bool(_check(lib.mw_cmd_back_push(self._c), "push responses"))
+        return bool(check_errno(lib.mw_cmd_back_push(self._c), "push responses"))
 
     def final_check(self):
-        return bool(_check(lib.mw_cmd_back_final_check(self._c), "final check"))
+        return bool(check_errno(lib.mw_cmd_back_final_check(self._c), "final check"))
 
 
 class EventQueue:
@@ -153,25 +146,25 @@ class EventQueue:
     def __init__(self, area, side, produce):
         self._area = area
         self._c = ffi.new("struct mw_evq *")
-        _check(lib.mw_evq_init(self._c, area._c, side, 1 if produce else 0), "event queue")
+        check_errno(lib.mw_evq_init(self._c, area._c, side, 1 if produce else 0), "event queue")
 
     def put(self, sock, type, arg=0):
         """Queue an event; False when the queue was full (dropped; the peer will rescan)."""
-        return bool(_check(lib.mw_evq_put(self._c, sock, type, arg), "put event"))
+        return bool(check_errno(lib.mw_evq_put(self._c, sock, type, arg), "put event"))
 
     def push(self):
-        return bool(_check(lib.mw_evq_push(self._c), "push events"))
+        return bool(check_errno(lib.mw_evq_push(self._c), "push events"))
 
     def take(self):
         """(sock, type, flags, arg), RESCAN, or None when empty."""
         buf = ffi.new("char[]", _EVENT.size)
-        rc = _check(lib.mw_evq_take(self._c, buf), "take event")
+        rc = check_errno(lib.mw_evq_take(self._c, buf), "take event")
         if rc == lib.MW_EVQ_RESCAN:
             return RESCAN
         return _EVENT.unpack(ffi.buffer(buf)) if rc else None
 
     def final_check(self):
-        return bool(_check(lib.mw_evq_final_check(self._c), "final check"))
+        return bool(check_errno(lib.mw_evq_final_check(self._c), "final check"))
 
 
 class ByteRing:
@@ -180,58 +173,58 @@ class ByteRing:
     def __init__(self, area, sock, side, direction, off, order):
         self._area = area
         self._c = ffi.new("struct mw_bring *")
-        _check(lib.mw_bring_init(self._c, area._c, sock, side, direction, off, order),
+        check_errno(lib.mw_bring_init(self._c, area._c, sock, side, direction, off, order),
                "byte ring")
         self.size = self._c.size
 
     # producer
     def space(self):
-        return _check(lib.mw_bring_space(self._c), "space")
+        return check_errno(lib.mw_bring_space(self._c), "space")
 
     def write(self, data):
         """Copy as much of data as fits; return the count (publish() makes it visible)."""
-        return _check(lib.mw_bring_write(self._c, ffi.from_buffer(data), len(data)), "write")
+        return check_errno(lib.mw_bring_write(self._c, ffi.from_buffer(data), len(data)), "write")
 
     def read_fd(self, fd, max_bytes):
-        return _check(lib.mw_bring_read_fd(self._c, fd, max_bytes), "read from fd")
+        return check_errno(lib.mw_bring_read_fd(self._c, fd, max_bytes), "read from fd")
 
     def publish(self):
         """True when the consumer asked to be told (post MW_EV_DATA)."""
-        return bool(_check(lib.mw_bring_publish(self._c), "publish"))
+        return bool(check_errno(lib.mw_bring_publish(self._c), "publish"))
 
     def dgram_put(self, hdr, payload):
         """Append a record: hdr is 40 bytes whose len field must equal len(payload)."""
         h = ffi.new("char[]", bytes(hdr).ljust(_DGRAM_HDR, b"\0")[:_DGRAM_HDR])
-        return _check(lib.mw_bring_dgram_put(self._c, h, ffi.from_buffer(payload)), "dgram put")
+        return check_errno(lib.mw_bring_dgram_put(self._c, h, ffi.from_buffer(payload)), "dgram put")
 
     # consumer
     def avail(self):
-        return _check(lib.mw_bring_avail(self._c), "avail")
+        return check_errno(lib.mw_bring_avail(self._c), "avail")
 
     def peek(self, n):
         buf = ffi.new("char[]", max(n, 1))
-        got = _check(lib.mw_bring_peek(self._c, buf, n), "peek")
+        got = check_errno(lib.mw_bring_peek(self._c, buf, n), "peek")
         return bytes(ffi.buffer(buf, got))
 
     def consume(self, n):
-        _check(lib.mw_bring_consume(self._c, n), "consume")
+        check_errno(lib.mw_bring_consume(self._c, n), "consume")
 
     def read(self, n):
         buf = ffi.new("char[]", max(n, 1))
-        got = _check(lib.mw_bring_read(self._c, buf, n), "read")
+        got = check_errno(lib.mw_bring_read(self._c, buf, n), "read")
         return bytes(ffi.buffer(buf, got))
 
     def write_fd(self, fd, max_bytes):
-        return _check(lib.mw_bring_write_fd(self._c, fd, max_bytes), "write to fd")
+        return check_errno(lib.mw_bring_write_fd(self._c, fd, max_bytes), "write to fd")
 
     def release(self):
         """True when the producer asked to be told (post MW_EV_SPACE)."""
-        return bool(_check(lib.mw_bring_release(self._c), "release"))
+        return bool(check_errno(lib.mw_bring_release(self._c), "release"))
 
     def dgram_get(self, room):
         """The next record as (40-byte header, payload truncated to room), or None."""
         h, buf = ffi.new("char[]", _DGRAM_HDR), ffi.new("char[]", max(room, 1))
-        if not _check(lib.mw_bring_dgram_get(self._c, h, buf, room), "dgram get"):
+        if not check_errno(lib.mw_bring_dgram_get(self._c, h, buf, room), "dgram get"):
             return None
         hdr = bytes(ffi.buffer(h))
         length = int.from_bytes(hdr[:4], "little")
@@ -239,19 +232,19 @@ class ByteRing:
 
     def seal(self):
         """INS on tx after SHUTDOWN(SHUT_WR): the producer index is final; bytes left to drain."""
-        return _check(lib.mw_bring_seal(self._c), "seal")
+        return check_errno(lib.mw_bring_seal(self._c), "seal")
 
     def rx_state(self):
         """Frontend on rx: (MW_RXF_* flags, error); with a flag set, what is readable is all."""
         err = ffi.new("int32_t *")
-        flags = _check(lib.mw_bring_rx_state(self._c, err), "rx state")
+        flags = check_errno(lib.mw_bring_rx_state(self._c, err), "rx state")
         return flags, err[0]
 
     def end_rx(self, error=0):
         """INS on rx: end of file (error 0) or failure (a negative errno) after the last byte."""
-        _check(lib.mw_bring_end_rx(self._c, error), "end rx")
+        check_errno(lib.mw_bring_end_rx(self._c, error), "end rx")
 
     # both
     def prepare_wait(self, need=1):
         """Before sleeping: True when `need` bytes are already there (do not sleep)."""
-        return bool(_check(lib.mw_bring_prepare_wait(self._c, need), "prepare wait"))
+        return bool(check_errno(lib.mw_bring_prepare_wait(self._c, need), "prepare wait"))
