@@ -148,13 +148,23 @@ def cmd_up(args) -> int:
         netns = _netns_up(run_dir)
         state["netns"] = netns
         py = sys.executable
-        procs["ins"] = _spawn([py, "-m", "mwcomms.ins.daemon", "--backend", "sim", "--sim-dir", sim_dir,
-                               "--domid", str(INS), "--xenstore", xs.socket_path],
-                              os.path.join(logs, "ins.log"), netns)
-        procs["mwcommsd"] = _spawn([py, "-m", "mwcomms.daemon", "--backend", "sim", "--sim-dir", sim_dir,
-                                    "--domid", str(FRONT), "--ins-domid", str(INS),
-                                    "--xenstore", xs.socket_path, "--socket", control],
-                                   os.path.join(logs, "mwcommsd.log"))
+        # The counters each daemon writes every second (mwctl reads them).
+        state["stats"] = {name: os.path.join(run_dir, f"{name}.stats.json")
+                          for name in ("mwcommsd", "ins")}
+        # The command lines are recorded so that `up` can restart a component that died
+        # exactly as it was first started.
+        state["cmds"] = {
+            "ins": [py, "-m", "mwcomms.ins.daemon", "--backend", "sim", "--sim-dir", sim_dir,
+                    "--domid", str(INS), "--xenstore", xs.socket_path,
+                    "--stats", state["stats"]["ins"]],
+            "mwcommsd": [py, "-m", "mwcomms.daemon", "--backend", "sim", "--sim-dir", sim_dir,
+                         "--domid", str(FRONT), "--ins-domid", str(INS),
+                         "--xenstore", xs.socket_path, "--socket", control,
+                         "--stats", state["stats"]["mwcommsd"]],
+        }
+        for name in ("ins", "mwcommsd"):
+            procs[name] = _spawn(state["cmds"][name], os.path.join(logs, f"{name}.log"),
+                                 netns if name == "ins" else None)
         state["pids"].update({name: p.pid for name, p in procs.items()})
         with open(_state_path(run_dir), "w") as f:
             json.dump(state, f, indent=1)
