@@ -1,0 +1,108 @@
+"""`mwctl attach|detach`, the toolstack step, against the project's xenstored (sim), run as the
+installed console script: the nodes of both ends with their owners and permissions, checked
+from each domain's own unprivileged connection (the frontend cannot write the backend's keys
+and the other way round), then removed; exit codes for the failures an operator meets."""
+import errno
+import os
+import subprocess
+import sys
+
+import pyxs
+import pytest
+
+from mwcomms.xen import xenbus, xenstored
+
+FRONT, INS = 5, 6
+MWCTL = os.path.join(os.path.dirname(sys.executable), "mwctl")
+
+
+@pytest.fixture
+def xs(tmp_path):
+    if not os.path.exists(MWCTL):
+        pytest.skip("the mwctl console script is not installed")
+    with xenstored.running(str(tmp_path / "xs")) as daemon:
+        tool = xenbus.connect_xenstore(daemon.socket_path)
+        for dom in (FRONT, INS):
+            xenbus.introduce(tool, dom)
+        yield daemon, tool
+        tool.close()
+
+
+def mwctl(daemon, *argv, run_dir="/nonexistent"):
+    return subprocess.run([MWCTL, "--dir", run_dir, "--xenstore", daemon.socket_path, *argv],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_attach_creates_both_ends_with_owners_and_perms(xs):
+    daemon, tool = xs
+    r = mwctl(daemon, "attach", "--frontend", str(FRONT), "--ins", str(INS))
+    assert r.returncode == 0, r.stderr
+    fp, bp = xenbus.front_path(FRONT), xenbus.back_path(INS, FRONT)
+    assert tool.read(f"{fp}/backend".encode()).decode() == bp
+    assert tool.read(f"{fp}/backend-id".encode()).decode() == str(INS)
+    assert tool.read(f"{bp}/frontend".encode()).decode() == fp
+    assert tool.read(f"{bp}/frontend-id".encode()).decode() == str(FRONT)
+    for p in (fp, f"{fp}/state"):
+        assert tool.get_perms(p.encode()) == [f"n{FRONT}".encode(), f"r{INS}".encode()]
+    for p in (bp, f"{bp}/state"):
+        assert tool.get_perms(p.encode()) == [f"n{INS}".encode(), f"r{FRONT}".encode()]
+
+    front = xenbus.connect_xenstore(daemon.domain_socket(FRONT))
+    ins = xenbus.connect_xenstore(daemon.domain_socket(INS))
+    try:
+        # each end writes its own keys and reads the other's ...
+        front.write(f"{fp}/state".encode(), b"1")
+        ins.write(f"{bp}/state".encode(), b"2")
+        assert front.read(f"{bp}/state".encode()) == b"2"
+        assert ins.read(f"{fp}/state".encode()) == b"1"
+        # ... and cannot write the other's
+        for client, path in ((front, f"{bp}/state"), (ins, f"{fp}/state"),
+                             (front, f"{bp}/event-channel"), (ins, f"{fp}/event-channel")):
+            with pytest.raises(pyxs.PyXSError) as exc:
+                client.write(path.encode(), b"9")
+            assert exc.value.args[0] == errno.EACCES, path
+    finally:
+        front.close()
+        ins.close()
+
+    # a second attach refuses, --force replaces
+    r = mwctl(daemon, "attach", "--frontend", str(FRONT), "--ins", str(INS))
+    assert r.returncode == 1 and "already attached" in r.stderr
+    r = mwctl(daemon, "attach", "--frontend", str(FRONT), "--ins", str(INS), "--force")
+    assert r.returncode == 0, r.stderr
+    assert tool.read(f"{bp}/state".encode()) == b"1"
+
+    r = mwctl(daemon, "detach", "--frontend", str(FRONT), "--ins", str(INS))
+    assert r.returncode == 0, r.stderr
+    assert not tool.exists(fp.encode()) and not tool.exists(bp.encode())
+    r = mwctl(daemon, "detach", "--frontend", str(FRONT), "--ins", str(INS))
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+
+
+def test_attach_errors(xs, tmp_path):
+    daemon, tool = xs
+    r = mwctl(daemon, "attach", "--frontend", "77", "--ins", str(INS))
+    assert r.returncode == 5 and "domain 77 does not exist" in r.stderr
+    r = subprocess.run([MWCTL, "--dir", "/nonexistent", "--xenstore", str(tmp_path / "nope"),
+                        "attach", "--frontend", "1", "--ins", "2"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 3 and "cannot reach XenStore" in r.stderr
+    r = subprocess.run([MWCTL, "attach", "--frontend", "1"], capture_output=True, text=True)
+    assert r.returncode == 2
+
+
+def test_attach_then_xenstore_shows_decoded_states(xs):
+    daemon, tool = xs
+    assert mwctl(daemon, "attach", "--frontend", str(FRONT), "--ins", str(INS)).returncode == 0
+    r = mwctl(daemon, "xenstore")
+    assert r.returncode == 0, r.stderr
+    assert f"/local/domain/{FRONT}/device/mwcomms" in r.stdout
+    assert 'state = "1 (Initialising)"' in r.stdout
+    r = mwctl(daemon, "xenstore", "--json")
+    import json
+    doc = json.loads(r.stdout)
+    dev = doc[f"/local/domain/{FRONT}/device/mwcomms"]["children"]["0"]
+    assert dev["children"]["state"]["state"] == "INITIALISING"
+    assert dev["children"]["backend-id"]["value"] == str(INS)
+    r = mwctl(daemon, "xenstore", "/local/domain/99")
+    assert r.returncode == 5
