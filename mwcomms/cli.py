@@ -6,6 +6,10 @@ as the toolstack (introduces the protected domain 1 and the INS domain 2, attach
 device between them), starts the INS (in a network namespace of its own when run as root) and
 mwcommsd, and waits until the two have connected. Everything it starts is recorded in the run
 directory's state.json, which `down` and `run` read.
+
+`up` on a backbone whose INS or mwcommsd died (XenStore still running) restarts just those,
+with the command lines recorded in state.json, and waits until mwcommsd has connected to the
+INS again; anything else broken is taken down and started afresh.
 """
 from __future__ import annotations
 
@@ -42,19 +46,30 @@ def _state_path(run_dir: str) -> str:
     return os.path.join(run_dir, "state.json")
 
 
-def load_state(run_dir: str) -> dict:
-    """The record of a backbone that is up, or CliError(EXIT_NOT_UP)."""
+def _read_state(run_dir: str) -> dict | None:
     try:
         with open(_state_path(run_dir)) as f:
-            state = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
+        return None
+
+
+def _dead(state: dict) -> list[str]:
+    return [name for name, pid in state.get("pids", {}).items() if not _alive(pid)]
+
+
+def load_state(run_dir: str) -> dict:
+    """The record of a backbone that is up, or CliError(EXIT_NOT_UP)."""
+    state = _read_state(run_dir)
+    if state is None:
         raise CliError(f"the backbone is not up (no {_state_path(run_dir)}): run `mwcomms up` first",
-                       EXIT_NOT_UP) from None
-    dead = [name for name, pid in state.get("pids", {}).items() if not _alive(pid)]
-    if dead:
-        raise CliError(f"the backbone is down or broken: {', '.join(dead)} not running "
-                       f"(logs in {state.get('logs', run_dir)}); run `mwcomms down` then `mwcomms up`",
                        EXIT_NOT_UP)
+    dead = _dead(state)
+    if dead:
+        fix = ("run `mwcomms up` to restart " + (" and ".join(dead)) if _restartable(state, dead)
+               else "run `mwcomms down` then `mwcomms up`")
+        raise CliError(f"the backbone is broken: {', '.join(dead)} not running "
+                       f"(logs in {state.get('logs', run_dir)}); {fix}", EXIT_NOT_UP)
     return state
 
 
@@ -65,7 +80,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:                                # a zombie is dead, whoever has yet to reap it
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _env() -> dict:
@@ -118,14 +137,16 @@ def cmd_up(args) -> int:
     if args.backend != "sim":
         raise CliError("only --backend sim runs on one host; on Xen, start the INS image and "
                        "mwcommsd in their domains (docs/xen.md)", EXIT_USAGE)
-    if os.path.exists(_state_path(run_dir)):
-        try:
-            load_state(run_dir)
+    old = _read_state(run_dir)
+    if old is not None:
+        dead = _dead(old)
+        if not dead:
             raise CliError(f"the backbone is already up ({_state_path(run_dir)}); `mwcomms down` first")
-        except CliError as exc:
-            if exc.code != EXIT_NOT_UP:
-                raise
-            _down(run_dir, quiet=True)      # leftovers of a crashed run
+        if _restartable(old, dead):
+            return _restart(old, dead, args.timeout)
+        print(f"mwcomms up: the previous backbone is broken ({', '.join(dead)} not running): "
+              f"taking it down and starting afresh", file=sys.stderr)
+        _down(run_dir, quiet=True)
     from mwcomms.xen import xenbus, xenstored
 
     os.makedirs(run_dir, exist_ok=True)
@@ -177,6 +198,66 @@ def cmd_up(args) -> int:
     print(f"mwcomms is up: mwcommsd (domain {FRONT}) connected to {where} (domain {INS}).\n"
           f"  control socket: {control}\n  logs:           {logs}\n"
           f"  run a program:  mwcomms run -- CMD ARGS...")
+    return 0
+
+
+def _restartable(state: dict, dead: list[str]) -> bool:
+    """Only the INS and mwcommsd can be restarted in place: XenStore (and the toolstack's
+    nodes in it) must have survived, and so must the INS's network namespace."""
+    if "xenstored" in dead or not set(dead) <= set(state.get("cmds", {})):
+        return False
+    return not state.get("netns") or os.path.exists(f"/run/netns/{state['netns']}")
+
+
+def _mwcommsd_link(state: dict) -> tuple[str, int]:
+    """mwcommsd's link state and how many times it attached an INS (from its stats file)."""
+    try:
+        with open(state["stats"]["mwcommsd"]) as f:
+            doc = json.load(f)
+        return doc.get("link", "?"), int(doc.get("attaches", 0))
+    except (OSError, KeyError, ValueError):
+        return "?", 0
+
+
+def _restart(state: dict, dead: list[str], timeout: float) -> int:
+    """Start the dead components again with the command lines they were first started with,
+    then wait until mwcommsd has attached a new INS connection."""
+    t0 = time.monotonic()
+    logs = state["logs"]
+    _, attaches = _mwcommsd_link(state)
+    if "mwcommsd" in dead:
+        attaches = 0
+        for path in (state["stats"]["mwcommsd"], state["control"]):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    procs = {}
+    for name in ("ins", "mwcommsd"):
+        if name in dead:
+            procs[name] = _spawn(state["cmds"][name], os.path.join(logs, f"{name}.log"),
+                                 state.get("netns") if name == "ins" else None)
+            print(f"mwcomms up: {name} (pid {state['pids'][name]}) is not running: "
+                  f"restarted as pid {procs[name].pid}")
+            state["pids"][name] = procs[name].pid
+    with open(_state_path(state["dir"]), "w") as f:
+        json.dump(state, f, indent=1)
+    end = t0 + timeout
+    while True:
+        link, n = _mwcommsd_link(state)
+        if link == "attached" and n > attaches:
+            break
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise CliError(f"{name} exited with {proc.returncode} during restart "
+                               f"(see {os.path.join(logs, name + '.log')})")
+        if time.monotonic() > end:
+            raise CliError(f"mwcommsd did not connect to the INS within {timeout:.0f} s of the "
+                           f"restart (link {link}; logs in {logs})")
+        time.sleep(0.05)
+    _wait_connected(state["xenstore"], procs, max(1.0, end - time.monotonic()))
+    print(f"mwcomms is up again: mwcommsd connected to the INS {time.monotonic() - t0:.2f} s "
+          f"after the restart.")
     return 0
 
 
@@ -275,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=default_run_dir(),
                     help="run directory: state, sockets, logs (default: %(default)s)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="start xenstored (sim), the INS and mwcommsd")
+    up = sub.add_parser("up", help="start xenstored (sim), the INS and mwcommsd; restart "
+                                    "whichever of the INS and mwcommsd died")
     up.add_argument("--backend", default="sim", choices=["sim", "xen"])
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the handshake")
     sub.add_parser("down", help="stop everything `up` started")
