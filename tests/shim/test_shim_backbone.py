@@ -111,13 +111,15 @@ def test_getent_resolves_through_the_ins(backbone):
 def test_64_concurrent_connections(backbone, mode):
     r = mwrun(backbone, [sys.executable, str(PROGRAMS / "concurrent_echo.py"), "64", "50000",
                          mode], timeout=120)
-    assert "RESULT ok=64 accepted=64 of=64" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "RESULT ok=64 accepted=64 of=64 peak_clients=64 peak_server=64" in r.stdout, \
+        r.stdout + r.stderr[-2000:]
 
 
 def test_connections_wait_behind_a_slow_server(backbone):
     r = mwrun(backbone, [sys.executable, str(PROGRAMS / "concurrent_echo.py"), "32", "50000",
                          "block-slow"], timeout=120)
-    assert "RESULT ok=32 accepted=32 of=32" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "RESULT ok=32 accepted=32 of=32 peak_clients=32 peak_server=32" in r.stdout, \
+        r.stdout + r.stderr[-2000:]
 
 
 def test_errnos_same_as_native(backbone, cbuild):

@@ -7,7 +7,13 @@
       nodelay   TCP_NODELAY on accepted sockets; names: getsockname/getpeername on them
       slow      each connection's thread waits 1 s before reading (connections pile up)
 
-Prints "RESULT ok=<n> accepted=<n> of=<N>" and the first errors. Run under the shim.
+Every client connects, then waits until all N are connected before it sends; every server
+thread reads its request, then waits until all N have been accepted before it answers: so N
+connections are open at the same time on both sides; peak_clients and peak_server count the
+most that were open at once.
+
+Prints "RESULT ok=<n> accepted=<n> of=<N> peak_clients=<n> peak_server=<n>" and the first
+errors. Run under the shim.
 """
 import hashlib
 import os
@@ -20,6 +26,15 @@ import time
 N, SIZE, MODE = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split("-")
 errors, accepted, ok = [], [0], [0]
 lock = threading.Lock()
+# connections open now and at most, [clients, server side]
+open_now, peak = [0, 0], [0, 0]
+barrier = [threading.Barrier(N, timeout=60), threading.Barrier(N, timeout=60)]
+
+
+def opened(side, delta):
+    with lock:
+        open_now[side] += delta
+        peak[side] = max(peak[side], open_now[side])
 
 
 def recvn(s, n):
@@ -37,6 +52,7 @@ def recvn(s, n):
 
 
 def serve(c):
+    opened(1, 1)
     try:
         if "slow" in MODE:
             time.sleep(1)
@@ -47,11 +63,14 @@ def serve(c):
             c.getpeername()
         n = int.from_bytes(recvn(c, 8), "big")
         digest = hashlib.sha256(recvn(c, n)).digest()
+        barrier[1].wait()               # all N accepted before any answers
         c.setblocking(True)
         c.sendall(digest)
-        c.close()
     except Exception as e:
         errors.append(f"server: {e!r}")
+    finally:
+        opened(1, -1)
+        c.close()
 
 
 def acceptor(listener):
@@ -74,10 +93,15 @@ def client(port, i):
     try:
         blob = os.urandom(SIZE)
         with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
-            s.sendall(SIZE.to_bytes(8, "big") + blob)
-            if recvn(s, 32) == hashlib.sha256(blob).digest():
-                with lock:
-                    ok[0] += 1
+            opened(0, 1)
+            try:
+                barrier[0].wait()       # all N connected before any sends
+                s.sendall(SIZE.to_bytes(8, "big") + blob)
+                if recvn(s, 32) == hashlib.sha256(blob).digest():
+                    with lock:
+                        ok[0] += 1
+            finally:
+                opened(0, -1)
     except Exception as e:
         errors.append(f"client {i}: {e!r}")
 
@@ -93,7 +117,8 @@ def main():
         t.start()
     for t in threads:
         t.join()
-    print(f"RESULT ok={ok[0]} accepted={accepted[0]} of={N}")
+    print(f"RESULT ok={ok[0]} accepted={accepted[0]} of={N} peak_clients={peak[0]} "
+          f"peak_server={peak[1]}")
     for e in errors[:5]:
         print(e)
 
