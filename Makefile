@@ -35,5 +35,12 @@ test: all deps
 demo: all deps
 	$(PY) -m mwcomms.tools.demo
 
+# Native vs through the backbone (docs/bench.md). BENCH_ARGS=--quick for a short run. Its
+# Debian packages and the bench extra are installed here, never by `make test`.
+BENCH_ARGS ?=
+bench: all
+	@tools/bench/install-deps.sh $(PY)
+	$(PY) -m mwcomms.tools.bench --out build/bench $(BENCH_ARGS)
+
 clean:
 	rm -rf build $(VENV) *.egg-info
