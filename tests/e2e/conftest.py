@@ -126,16 +126,30 @@ def backbone(tmp_path_factory):
         subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=120)
 
 
-@pytest.fixture
-def programs(tmp_path):
-    """Start Programs; every one still running is stopped at the end of the test."""
+def _starter(out_dir):
     started = []
 
     def start(argv, name, env=None):
-        p = Program(argv, str(tmp_path / f"{name}.out"), env)
+        p = Program(argv, os.path.join(out_dir, f"{name}.out"), env)
         started.append(p)
         return p
 
+    return start, started
+
+
+@pytest.fixture
+def programs(tmp_path):
+    """Start Programs; every one still running is stopped at the end of the test."""
+    start, started = _starter(str(tmp_path))
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def module_programs(tmp_path_factory):
+    """The same, stopped at the end of the test module."""
+    start, started = _starter(str(tmp_path_factory.mktemp("programs")))
     yield start
     for p in started:
         p.stop()

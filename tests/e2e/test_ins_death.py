@@ -1,0 +1,97 @@
+"""INS death: the INS is SIGKILLed while one program is blocked in recv() on a download and
+another in send() on an upload (servers started natively in the INS's network namespace);
+each must get an error within 5 s (as native gives for a dead path), not hang. Then
+`mwcomms up` restarts just the INS, mwcommsd connects to it again, and a new connection works.
+
+The times measured (to the error, to the first new connection) are printed (pytest -s, or
+the captured output of a failure).
+"""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PROG = str(Path(__file__).resolve().parent / "programs" / "transfer_hold.py")
+PY = sys.executable
+# what native Linux gives a program whose connection died under it
+DEAD_PATH = {"ECONNRESET", "EPIPE", "ENETDOWN", "ECONNABORTED", "ETIMEDOUT", "ENETRESET"}
+
+
+def _ins_alive(backbone):
+    try:
+        os.kill(backbone.state["pids"]["ins"], 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(backbone, module_programs):
+    srv = module_programs(backbone.netns_argv([PY, PROG, "serve"]), "server")
+    return srv.line("PORT ").split()[1]
+
+
+def hello(backbone, port):
+    return backbone.run([PY, PROG, "hello", port], timeout=30).stdout.strip()
+
+
+@pytest.mark.xfail(strict=True, reason="mwcommsd learns that the INS died only when it kicks "
+                   "the event channel; programs blocked in recv/send make it kick nothing "
+                   "(engine request in /work/notes/requests.md, 06:12; remove this mark with "
+                   "the fix)")
+def test_blocked_programs_get_an_error_within_5s(backbone, server, programs):
+    assert hello(backbone, server) == "OK hello"
+    blocked = {what: programs(backbone.argv([PY, PROG, what, server]), what)
+               for what in ("download", "upload")}
+    for p in blocked.values():
+        p.line("BLOCKED")
+    time.sleep(0.5)                       # well inside recv() / send()
+    t_kill = time.time()
+    os.kill(backbone.state["pids"]["ins"], signal.SIGKILL)
+    seen = {}
+    for what, p in blocked.items():
+        try:
+            p.proc.wait(max(0.1, t_kill + 8 - time.time()))
+        except Exception:
+            pass
+        last = p.text().strip().splitlines()[-1]
+        if last == "BLOCKED":
+            seen[what] = ("still blocked", None)
+        else:
+            how, when = last.rsplit(" ", 1)
+            seen[what] = (how, float(when) - t_kill)
+    print("INS SIGKILLed mid-transfer: " + "; ".join(
+        f"{what}: {how}" + (f" after {dt:.2f} s" if dt is not None else " after 8 s")
+        for what, (how, dt) in seen.items()))
+    for what, (how, dt) in seen.items():
+        assert how.startswith("ERROR") and how.split()[1] in DEAD_PATH, (what, how, backbone.logs())
+        assert dt < 5.0, (what, how, dt)
+
+
+def test_restarted_ins_serves_new_connections(backbone, server):
+    if _ins_alive(backbone):              # this test on its own: kill it here
+        os.kill(backbone.state["pids"]["ins"], signal.SIGKILL)
+        time.sleep(0.2)
+    r = backbone.run([PY, PROG, "hello", server])
+    assert r.returncode == 3 and "ins not running" in r.stderr and "mwcomms up" in r.stderr, \
+        (r.returncode, r.stderr)
+    t0 = time.monotonic()
+    up = backbone.cli("up", timeout=60)
+    t_up = time.monotonic() - t0
+    assert up.returncode == 0, up.stdout + up.stderr + backbone.logs()
+    assert "ins (pid" in up.stdout and "restarted as pid" in up.stdout, up.stdout
+    assert _ins_alive(backbone)
+    while True:
+        got = hello(backbone, server)
+        if got == "OK hello" or time.monotonic() - t0 > 15:
+            break
+        time.sleep(0.1)
+    t_conn = time.monotonic() - t0
+    print(f"INS restarted: `mwcomms up` returned after {t_up:.2f} s; first new connection "
+          f"{t_conn:.2f} s after the restart began")
+    assert got == "OK hello", (got, backbone.logs())
+    # and the rest of the backbone was left alone: mwcommsd kept its pid
+    assert "mwcommsd (pid" not in up.stdout
