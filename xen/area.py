@@ -42,12 +42,21 @@ def _pow2(n: int) -> bool:
 
 @dataclass(frozen=True)
 class AreaLayout:
-    """Sizes of the parts of the shared area, in pages (sock_slots in entries)."""
+    """Sizes of the parts of the shared area, in pages (sock_slots in entries).
 
-    cmd_ring_pages: int = 1
-    evq_pages: int = 1
-    sock_slots: int = 1024
-    data_pages: int = 4096
+    The defaults are sized for the sim backend, where an area page is an untouched page of a
+    sparse file until a side writes it, so a large area costs nothing while unused: 512
+    command slots, 4096 events per queue, 32768 socket slots (enough for 10,000 connections
+    with both ends forwarded) and a 256 MiB data area (2048 sockets with the engine's 64 KiB
+    rings each way; beyond that mwcommsd gives new sockets smaller rings). That is 66,597
+    pages, within what an INS accepts by default (connection.Limits). On Xen every page is
+    a grant (gntalloc allows 1024 pages per domain unless raised): pass a smaller layout.
+    """
+
+    cmd_ring_pages: int = 16
+    evq_pages: int = 16
+    sock_slots: int = 32768
+    data_pages: int = 65536
 
     def check(self, max_area_pages: int | None = None,
               max_sock_slots: int | None = None) -> "AreaLayout":

@@ -29,6 +29,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <linux/sockios.h>
 #include <time.h>
 #include <unistd.h>
@@ -199,6 +200,28 @@ static void sock_close_fd(int fd)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     }
     close(fd);
+}
+
+/*
+ * The errno of a failed socket() or accept4() for the frontend. The INS running out of fds
+ * (its RLIMIT_NOFILE, raised to the hard limit at create time) is -ENFILE: for the application
+ * that is a system-wide limit, not its own table being full; -EMFILE stays the frontend's own
+ * socket limit (max_socks). Logged, at most every 10 s.
+ */
+static int32_t fd_errno(struct ins_front *fe, const char *what)
+{
+    int err = errno;
+    struct timespec ts;
+
+    if (err != EMFILE && err != ENFILE)
+        return -err;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (!fe->eng->nofile_logged || ts.tv_sec >= fe->eng->nofile_logged + 10) {
+        fe->eng->nofile_logged = ts.tv_sec;
+        ins_log(fe->eng, "frontend %u: %s: the INS is out of file descriptors (%u sockets "
+                "open): answered ENFILE", fe->front_id, what, fe->st.sockets);
+    }
+    return -ENFILE;
 }
 
 /*
@@ -714,7 +737,7 @@ static int pump_accept(struct ins_sock *s)
                 break;
             if (errno == ECONNABORTED || errno == EPROTO || errno == EPERM)
                 continue;           /* that connection went away: wait for the next */
-            ret = -errno;           /* EMFILE, ENOBUFS, EINVAL (not listening)... */
+            ret = fd_errno(fe, "ACCEPT");   /* ENFILE, ENOBUFS, EINVAL (not listening)... */
         }
         a = s->accepts;
         s->accepts = a->next;
@@ -864,7 +887,7 @@ static int do_socket(struct ins_front *fe, const struct mw_req *req)
     }
     fd = socket(b->family, b->type | SOCK_NONBLOCK | SOCK_CLOEXEC, b->protocol);
     if (fd < 0) {
-        ret = -errno;
+        ret = fd_errno(fe, "SOCKET");
         goto out;
     }
     s = sock_new(fe, req->sock, fd, b->type, b->family, &b->rings);
@@ -1539,6 +1562,18 @@ static void wake(struct ins_engine *e)
     }
 }
 
+/* Every socket of every frontend holds one fd here: allow as many as the hard limit does. */
+static void nofile_raise(struct ins_engine *e)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            ins_log(e, "raising RLIMIT_NOFILE: %s", strerror(errno));
+    }
+}
+
 int ins_engine_create(const struct ins_config *cfg, struct ins_engine **out)
 {
     struct epoll_event ev = { .events = EPOLLIN };
@@ -1567,6 +1602,7 @@ int ins_engine_create(const struct ins_config *cfg, struct ins_engine **out)
      * byte rings are written to sockets with writev, which has no MSG_NOSIGNAL). */
     signal(SIGPIPE, SIG_IGN);
 
+    nofile_raise(e);
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
     e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     e->dns_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

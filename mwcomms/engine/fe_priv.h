@@ -89,6 +89,7 @@ struct fe_sock {
     int nb_x;                  /* non-blocking connect: our dup of X, else -1 */
     uint32_t filler, sndbuf;
     int accept_max, accepts_pending;
+    int accept_starved;        /* listening, no ACCEPT pending: no slot or rings were free */
     int queued;                /* accepted connections waiting in aq */
     struct fe_sock *aq_head, *aq_tail, *aq_next; /* listener's queue / link in it */
     struct fe_sock *listener;  /* SK_QUEUED or an ACCEPT outstanding: its listener */
@@ -176,6 +177,9 @@ struct mwfe {
     struct fe_buddy buddy;
     struct fe_sock **by_slot;
     uint32_t *free_slots, nfree_slots;
+    uint32_t nstarved;         /* listeners marked accept_starved */
+    int refill_due;            /* rings or entries were given back: retry those listeners */
+    long short_logged[2];      /* CLOCK_MONOTONIC second of the last short_log line, by kind */
 
     struct mwfe_stats st;
 };

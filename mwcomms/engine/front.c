@@ -23,10 +23,12 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fe_priv.h"
@@ -154,6 +156,8 @@ static void sk_free(struct mwfe *e, struct fe_sock *sk)
     close_fd(&sk->nb_x);
     e->socks[sk->idx] = NULL;
     e->free_idx[e->nfree_idx++] = sk->idx;
+    if (e->nstarved)
+        e->refill_due = 1;
     ST_SUB(e, sockets, 1);
     sk->znext = e->grave_sk;
     e->grave_sk = sk;
@@ -220,29 +224,97 @@ static void sk_to_zombie(struct mwfe *e, struct fe_sock *sk)
     }
 }
 
-static int slot_alloc(struct mwfe *e, struct fe_sock *sk, uint8_t order)
+/* One byte ring of 2^order bytes, or the largest smaller one down to MW_RING_ORDER_MIN that
+ * the data area still has room for. @return its first page, or -ENOBUFS */
+static int32_t ring_alloc(struct mwfe *e, uint8_t order, uint8_t *got)
 {
+    for (unsigned int o = order; o >= MW_RING_ORDER_MIN; o--) {
+        int32_t page = fe_buddy_alloc(&e->buddy, o - MW_RING_ORDER_MIN);
+
+        if (page >= 0) {
+            *got = (uint8_t)o;
+            return page;
+        }
+    }
+    return -ENOBUFS;
+}
+
+/* Rate-limited log line about the data area, the socket slots or fds running short.
+ * @param refused  0: sockets get smaller rings; 1: sockets are refused (each kind is logged
+ *                 at most every 10 s) */
+static void short_log(struct mwfe *e, int refused, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void short_log(struct mwfe *e, int refused, const char *fmt, ...)
+{
+    struct timespec ts;
+    char line[200];
+    va_list ap;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (e->short_logged[refused] && ts.tv_sec < e->short_logged[refused] + 10)
+        return;
+    e->short_logged[refused] = ts.tv_sec;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    fe_log("%s (%u free pages, %u free slots; logged at most every 10 s)", line,
+           e->buddy.free_pages, e->nfree_slots);
+}
+
+/*
+ * The ring order a new socket gets when it asks for `order`: `order` while at least 1/8 of the
+ * data area is free; below that, half as much each time the free part halves, down to
+ * MW_RING_ORDER_MIN. Sockets that come late then get smaller rings instead of none: a 256 MiB
+ * area holds 1792 sockets with 64 KiB rings each way, then 1280 more with smaller ones.
+ */
+static uint8_t ring_order_for(const struct mwfe *e, uint8_t order)
+{
+    uint64_t free8 = (uint64_t)e->buddy.free_pages * 8;
+
+    while (order > MW_RING_ORDER_MIN && free8 < e->buddy.npages) {
+        order--;
+        free8 *= 2;
+    }
+    return order;
+}
+
+/* A slot and two rings for a new socket, of 2^order bytes while the data area has room
+ * (ring_order_for), smaller ones otherwise: many sockets degrade gracefully instead of
+ * failing. @return 0, -ENOBUFS (no slot free, or not even the smallest rings fit: as Linux
+ * when out of buffer memory; logged) */
+static int slot_alloc(struct mwfe *e, struct fe_sock *sk, uint8_t want)
+{
+    uint8_t order = ring_order_for(e, want), tx_order, rx_order;
     int32_t tx, rx;
 
-    if (e->nfree_slots == 0)
-        return -ENOBUFS;
-    tx = fe_buddy_alloc(&e->buddy, order - 12u);
-    if (tx < 0)
-        return -ENOBUFS;
-    rx = fe_buddy_alloc(&e->buddy, order - 12u);
-    if (rx < 0) {
-        fe_buddy_free(&e->buddy, (uint32_t)tx, order - 12u);
+    if (e->nfree_slots == 0) {
+        short_log(e, 1, "no INS socket slot free: new sockets get ENOBUFS");
         return -ENOBUFS;
     }
+    tx = ring_alloc(e, order, &tx_order);
+    if (tx < 0)
+        goto out_short;
+    rx = ring_alloc(e, order, &rx_order);
+    if (rx < 0) {
+        fe_buddy_free(&e->buddy, (uint32_t)tx, tx_order - MW_RING_ORDER_MIN);
+        goto out_short;
+    }
+    if (tx_order < want || rx_order < want)
+        short_log(e, 0, "data area short: rings of %u/%u bytes instead of %u",
+                  1u << tx_order, 1u << rx_order, 1u << want);
     sk->slot = e->free_slots[--e->nfree_slots];
     sk->has_slot = 1;
     e->by_slot[sk->slot] = sk;
     sk->tx_page = (uint32_t)tx;
     sk->rx_page = (uint32_t)rx;
-    sk->tx_order = sk->rx_order = order;
+    sk->tx_order = tx_order;
+    sk->rx_order = rx_order;
     sk->has_rings = 1;
     mw_sock_reset(&e->area, sk->slot);
     return 0;
+out_short:
+    short_log(e, 1, "data area full: new sockets get ENOBUFS");
+    return -ENOBUFS;
 }
 
 /* Give the slot and the rings back: only once the INS no longer touches them (the CLOSE
@@ -256,6 +328,8 @@ static void slot_release(struct mwfe *e, struct fe_sock *sk)
     if (sk->has_rings && e->attached) {
         fe_buddy_free(&e->buddy, sk->tx_page, sk->tx_order - 12u);
         fe_buddy_free(&e->buddy, sk->rx_page, sk->rx_order - 12u);
+        if (e->nstarved)
+            e->refill_due = 1;   /* a listener waits for room for its ACCEPTs */
     }
     sk->has_slot = sk->has_rings = sk->live = 0;
 }
@@ -274,15 +348,21 @@ static int rings_open(struct mwfe *e, struct fe_sock *sk)
     return rc;
 }
 
-/* A socketpair for `sk`: P (non-blocking, ours) and X (the application's, blocking). */
-static int sk_make_pair(struct fe_sock *sk)
+/* A socketpair for `sk`: P (non-blocking, ours) and X (the application's, blocking).
+ * @return 0, -ENFILE (mwcommsd is out of fds: for the application that is a system-wide
+ *         limit, not its own table being full), -errno of socketpair */
+static int sk_make_pair(struct mwfe *e, struct fe_sock *sk)
 {
     int sv[2];
     struct stat st;
 
     if (socketpair(AF_UNIX, (sk->type == SOCK_STREAM ? SOCK_STREAM : SOCK_SEQPACKET) |
-                   SOCK_CLOEXEC, 0, sv) < 0)
-        return -errno;
+                   SOCK_CLOEXEC, 0, sv) < 0) {
+        if (errno != EMFILE && errno != ENFILE)
+            return -errno;
+        short_log(e, 1, "out of file descriptors (RLIMIT_NOFILE): new sockets get ENFILE");
+        return -ENFILE;
+    }
     if (fcntl(sv[0], F_SETFL, O_NONBLOCK) < 0 || fstat(sv[1], &st) < 0) {
         int err = -errno;
 
@@ -944,10 +1024,13 @@ static void refill_accepts(struct mwfe *e, struct fe_sock *l)
         struct mw_rings rings;
         struct fe_op *op;
 
-        if (!n)
-            return;
-        if (slot_alloc(e, n, e->cfg.stream_order) < 0) {
-            sk_free(e, n);
+        if (!n || slot_alloc(e, n, e->cfg.stream_order) < 0) {
+            if (n)
+                sk_free(e, n);
+            if (l->accepts_pending + l->queued == 0 && !l->accept_starved) {
+                l->accept_starved = 1;   /* retried when a socket gives its rings back */
+                e->nstarved++;
+            }
             return;
         }
         op = op_new(e, OP_PREACCEPT, l);
@@ -969,6 +1052,22 @@ static void refill_accepts(struct mwfe *e, struct fe_sock *l)
             return;
         }
         l->accepts_pending++;
+    }
+}
+
+/* Sockets gave rings or entries back: listeners left without any pending ACCEPT (so that the
+ * application's accept() would wait forever) try again. */
+static void refill_starved(struct mwfe *e)
+{
+    e->refill_due = 0;
+    e->nstarved = 0;
+    for (uint32_t i = 0; i < e->cfg.max_sockets && ins_ok(e); i++) {
+        struct fe_sock *l = e->socks[i];
+
+        if (!l || !l->accept_starved)
+            continue;
+        l->accept_starved = 0;
+        refill_accepts(e, l);    /* marks it again while still short */
     }
 }
 
@@ -1134,7 +1233,7 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
         if (ret == 0 && !from_loss) {
             n->peer = rsp->u.addr.addr;
             n->listener = NULL;
-            if (rings_open(e, n) < 0 || sk->state != SK_LISTENING || sk_make_pair(n) < 0) {
+            if (rings_open(e, n) < 0 || sk->state != SK_LISTENING || sk_make_pair(e, n) < 0) {
                 n->state = SK_OPEN;
                 sk_begin_close(e, n);
                 break;
@@ -1158,6 +1257,11 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
             slot_release(e, n);
         n->state = SK_CLOSING;          /* freed with the op's reference */
         n->listener = NULL;
+        if ((ret == -ENFILE || ret == -EMFILE || ret == -ENOBUFS || ret == -ENOMEM) &&
+            !from_loss && sk->accepts_pending + sk->queued == 0 && !sk->accept_starved) {
+            sk->accept_starved = 1;     /* the INS is short: retry once a socket is gone */
+            e->nstarved++;
+        }
         break;
     case MW_CMD_SHUTDOWN:
         if (op->kind == OP_CALL)
@@ -1545,7 +1649,7 @@ static void do_socket(struct mwfe *e, struct fe_client *c, const struct mwl_hdr 
     sk->want_token = q->type == SOCK_STREAM && (h->flags & MWL_F_IDLE_TOKEN);
     rc = slot_alloc(e, sk, q->type == SOCK_STREAM ? e->cfg.stream_order : e->cfg.dgram_order);
     if (rc == 0)
-        rc = sk_make_pair(sk);
+        rc = sk_make_pair(e, sk);
     op = rc == 0 ? op_new(e, OP_CALL, sk) : NULL;
     if (!op) {
         slot_release(e, sk);
@@ -2127,6 +2231,8 @@ int mwfe_run(struct mwfe *e)
         int timeout = -1, n;
 
         if (ins_ok(e)) {
+            if (e->refill_due)
+                refill_starved(e);
             ins_flush(e);
             int r1 = mw_cmd_front_final_check(e->cmd);
             int r2 = mw_evq_final_check(&e->bq);
@@ -2209,6 +2315,18 @@ int mwfe_run(struct mwfe *e)
     return 0;
 }
 
+/* Every forwarded socket holds one fd here (P): allow as many as the hard limit does. */
+static void nofile_raise(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            fe_log("raising RLIMIT_NOFILE: %s", strerror(errno));
+    }
+}
+
 /* ---- public ------------------------------------------------------------------------------- */
 
 int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
@@ -2229,7 +2347,7 @@ int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
     if (!e->cfg.max_clients)
         e->cfg.max_clients = 1024;
     if (!e->cfg.max_sockets)
-        e->cfg.max_sockets = 4096;
+        e->cfg.max_sockets = 65536;
     if (!e->cfg.max_zombies)
         e->cfg.max_zombies = 1024;
     if (e->cfg.stream_order < MW_RING_ORDER_MIN || e->cfg.stream_order > MW_RING_ORDER_MAX ||
@@ -2238,6 +2356,7 @@ int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
         free(e);
         return -EINVAL;
     }
+    nofile_raise();
     e->listen.fd = e->ctl.fd = e->evsrc.fd = e->link_efd = e->ep = -1;
     e->listen.kind = SRC_LISTEN;
     e->ctl.kind = SRC_CTL;

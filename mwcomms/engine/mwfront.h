@@ -39,7 +39,7 @@ struct mwfe_config {
     uint8_t dgram_order;   /* datagram sockets (0: 17, so that any datagram fits) */
     uint16_t accept_max;   /* most ACCEPTs pre-posted per listener (0: 8) */
     uint32_t max_clients;  /* shim connections at once (0: 1024) */
-    uint32_t max_sockets;  /* forwarded sockets at once, this side (0: 4096) */
+    uint32_t max_sockets;  /* forwarded sockets at once, this side (0: 65536) */
     uint32_t max_zombies;  /* dead sockets remembered for STATUS until CLOSE (0: 1024) */
 };
 
