@@ -2,9 +2,14 @@
 
     mwctl [--dir D | --xenstore SOCKET --control SOCKET] COMMAND [--json] ...
 
+    status                                each frontend and INS: handshake, version, features,
+                                          rings, event channel counts, uptime
+    sockets [--pid P] [--state S] [--addr A]   the forwarded sockets, in the spirit of ss
+    xenstore [PATH]                       the mwcomms part of the tree, states decoded
+    stats [--watch S]                     counters: calls, errors by errno, bytes, reconnects
+    trace [--sock H] [--pid P] [--type T] [--pcap FILE]   ring messages as they pass, decoded
     attach --frontend DOMID --ins DOMID   create the device's XenStore nodes (dom0)
     detach --frontend DOMID --ins DOMID   remove them
-    xenstore [PATH]                       the mwcomms part of the tree, states decoded
 
 Finding the backbone: options given on the command line win; else the run directory of
 `mwcomms up` (--dir, default as mwcomms's own) when its state.json exists (sim: the
@@ -21,13 +26,17 @@ import argparse
 import errno
 import json
 import os
+import socket
+import struct
 import sys
+import time
 from dataclasses import dataclass, field
 
 __all__ = ["main", "Backbone", "find_backbone"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_NOT_FOUND = range(6)
 DEFAULT_CONTROL = "/run/mwcomms/control.sock"   # MWL_DEFAULT_SOCKET of local.h
+LINKTYPE_MWCOMMS = 147                           # LINKTYPE_USER0: see tools/mwcomms.lua
 
 
 class MwctlError(Exception):
@@ -108,6 +117,705 @@ def _state_text(raw: str) -> str:
     from mwcomms.xen.xenbus import XenbusState
     st = XenbusState.parse(raw)
     return f"{raw} ({st.name.capitalize()})"
+
+
+# ---- mwcommsd's introspection ops (mwcomms/include/mwcomms/introspect.h) --------------------
+
+_HDR = struct.Struct("=IHHIi")
+OP_INFO, OP_SOCKETS, OP_TRACE = 64, 65, 66
+_INFO = struct.Struct("=IIiIQQQ16I4Q10Q32Q16QQII" + "iIQ" * 48 + "QII" + "iIQ" * 48 + "200s")
+_INFO_FIELDS = ("version", "features", "link", "pid", "now_ns", "started_ns", "attached_ns",
+                "port", "cmd_slots", "cmd_outstanding", "cmd_queued", "fq_len", "fq_used",
+                "bq_len", "bq_used", "sock_slots", "slots_used", "data_pages", "data_free",
+                "clients", "sockets", "zombies", "tracers", "notifies", "wakeups",
+                "trace_records", "trace_dropped", "sockets_total", "bytes_tx", "bytes_rx",
+                "calls", "call_errors", "clients_dropped", "ins_requests", "attaches",
+                "violations", "dgrams_dropped")
+_SOCKINFO = struct.Struct("=QIiQiiiIIIiIIIIIIIIIQQQ32s32s")
+_SOCKINFO_FIELDS = ("handle", "uid", "pid", "x_ino", "family", "type", "protocol", "state",
+                    "flags", "slot", "error", "tx_size", "tx_used", "rx_size", "rx_used",
+                    "p_inq", "p_outq", "queued", "accepts", "pad", "bytes_tx", "bytes_rx",
+                    "created_ns", "local", "peer")
+_TRACE_REC = struct.Struct("=QHHIQiIII")
+assert _INFO.size == 2368 and _SOCKINFO.size == 176 and _TRACE_REC.size == 40
+
+LOCAL_OPS = {64: "INFO", 65: "SOCKETS", 66: "TRACE", 1: "HELLO", 2: "SOCKET", 3: "IDENTIFY", 4: "CONNECT", 5: "BIND", 6: "LISTEN",
+             7: "ACCEPT", 8: "GETSOCKNAME", 9: "GETPEERNAME", 10: "GETSOCKOPT",
+             11: "SETSOCKOPT", 12: "SHUTDOWN", 13: "CLOSE", 14: "GETADDRINFO",
+             15: "GETNAMEINFO", 16: "IOCTL", 17: "STATUS"}
+FEATURES = {0x1: "ipv6", 0x2: "udp", 0x4: "dns"}
+SK_STATES = {1: "OPENING", 2: "OPEN", 3: "CONNECTING", 4: "ESTAB", 5: "LISTEN", 6: "QUEUED",
+             7: "CLOSING", 8: "CLOSED"}
+SK_FLAGS = {0x1: "app-shut-wr", 0x2: "app-closed", 0x4: "rx-ended", 0x8: "shut-wr-sent",
+            0x10: "ins-lost", 0x20: "tx-full", 0x40: "app-not-reading", 0x80: "pre-accept"}
+TR_KINDS = {1: "REQ", 2: "RSP", 3: "EV", 4: "EV", 5: "DATA", 6: "DATA"}
+TR_TO_INS = (1, 3, 5)
+LINK = {1: "attached", 0: "detached", -errno.EPROTO: "detached (protocol violation)",
+        -errno.EPIPE: "detached (INS gone)"}
+
+
+def _errname(err: int) -> str:
+    return errno.errorcode.get(-err, str(err)) if err < 0 else str(err)
+
+
+def _addr(raw: bytes) -> dict | None:
+    from mwcomms.tools import codec
+    try:
+        sa = codec.SockAddr.decode(raw)
+    except ValueError:
+        return {"raw": raw.hex()}
+    if sa.host is None:
+        return None
+    return {"host": str(sa.host), "port": sa.port}
+
+
+def _addr_text(a: dict | None) -> str:
+    if not a:
+        return "*:*"
+    if "raw" in a:
+        return "?"
+    host = f"[{a['host']}]" if ":" in a["host"] else a["host"]
+    return f"{host}:{a['port'] or '*'}"
+
+
+class Control:
+    """A connection to mwcommsd's control socket, for the introspection ops."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.seq = 0
+        try:
+            self.sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            self.sock.close()
+            raise MwctlError(f"mwcommsd is not running here (no control socket at {path})",
+                             EXIT_UNREACHABLE) from None
+        except PermissionError:
+            self.sock.close()
+            raise MwctlError(f"permission denied on {path}", EXIT_DENIED) from None
+        except OSError as exc:
+            self.sock.close()
+            raise _os_error(exc, f"control socket {path}") from None
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Control":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def call(self, op: int, body: bytes = b"", timeout: float = 10.0) -> bytes:
+        """One request, its answer's body. @raise MwctlError (an error answer: its errno)"""
+        self.seq += 1
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.send(_HDR.pack(_HDR.size + len(body), op, 0, self.seq, 0) + body)
+            while True:
+                raw = self.sock.recv(1 << 17)
+                if not raw:
+                    raise MwctlError("mwcommsd closed the connection", EXIT_UNREACHABLE)
+                length, rop, _flags, seq, ret = _HDR.unpack_from(raw)
+                if seq == self.seq and rop == op:
+                    break
+        except socket.timeout:
+            raise MwctlError("mwcommsd did not answer", EXIT_UNREACHABLE) from None
+        except OSError as exc:
+            raise _os_error(exc, "control socket") from None
+        if ret < 0:
+            if -ret == errno.EOPNOTSUPP:
+                raise MwctlError("this mwcommsd has no introspection ops (older version)")
+            raise _os_error(OSError(-ret, os.strerror(-ret)), LOCAL_OPS.get(op, f"op {op}"))
+        return raw[_HDR.size:length]
+
+    def info(self) -> dict:
+        raw = self.call(OP_INFO)
+        v = _INFO.unpack(raw[:_INFO.size])
+        doc = dict(zip(_INFO_FIELDS, v[:len(_INFO_FIELDS)]))
+        rest = v[len(_INFO_FIELDS):]
+        calls, cmds = rest[:32], rest[32:48]
+        errors_other, nerr = rest[48], rest[49]
+        pairs = rest[51:51 + 3 * 48]
+        ins_other, nins = rest[195], rest[196]
+        ins_pairs = rest[198:198 + 3 * 48]
+        doc["calls_by_op"] = {LOCAL_OPS.get(i, str(i)): n for i, n in enumerate(calls) if n}
+        from mwcomms.tools import codec
+        doc["ins_requests_by_cmd"] = {codec.CMD_NAMES.get(i, str(i)): n
+                                      for i, n in enumerate(cmds) if n}
+        doc["errors_by_errno"] = {_errname(pairs[3 * i]): pairs[3 * i + 2] for i in range(nerr)}
+        if errors_other:
+            doc["errors_by_errno"]["other"] = errors_other
+        doc["ins_errors_by_errno"] = {_errname(ins_pairs[3 * i]): ins_pairs[3 * i + 2]
+                                      for i in range(nins)}
+        if ins_other:
+            doc["ins_errors_by_errno"]["other"] = ins_other
+        doc["why"] = rest[-1].split(b"\0", 1)[0].decode("utf-8", "replace")
+        doc["link_text"] = LINK.get(doc["link"], str(doc["link"]))
+        doc["feature_names"] = [n for b, n in FEATURES.items() if doc["features"] & b]
+        doc["ins_up"] = bool(doc["features"] & 0x100)
+        return doc
+
+    def sockets(self) -> list[dict]:
+        out, start = [], 0
+        while True:
+            raw = self.call(OP_SOCKETS, struct.pack("=II", start, 0))
+            count, nxt = struct.unpack_from("=II", raw)
+            for i in range(count):
+                v = _SOCKINFO.unpack_from(raw, 8 + i * _SOCKINFO.size)
+                d = dict(zip(_SOCKINFO_FIELDS, v))
+                del d["pad"]
+                d["local"], d["peer"] = _addr(d["local"]), _addr(d["peer"])
+                d["state_name"] = SK_STATES.get(d["state"], str(d["state"]))
+                d["flag_names"] = [n for b, n in SK_FLAGS.items() if d["flags"] & b]
+                d["slot"] = None if d["slot"] == 0xFFFFFFFF else d["slot"]
+                d["proto"] = ("tcp" if d["type"] == socket.SOCK_STREAM else "udp") + \
+                    ("6" if d["family"] == socket.AF_INET6 else "")
+                d["send_q"] = d["p_inq"] + d["tx_used"]
+                d["recv_q"] = d["rx_used"] + d["p_outq"]
+                d["error_name"] = _errname(d["error"]) if d["error"] else None
+                out.append(d)
+            if not nxt:
+                return out
+            start = nxt
+
+    def start_trace(self, snaplen: int, kinds: int = 0) -> None:
+        """Turn this connection into a trace stream (then read records())."""
+        self.call(OP_TRACE, struct.pack("=II", snaplen, kinds))
+        self.sock.settimeout(None)
+
+    def records(self):
+        """Yield (record dict, record bytes: struct mwl_trace_rec and its payload) until
+        mwcommsd ends the stream. @raise TimeoutError when the socket's timeout passes"""
+        while True:
+            try:
+                raw = self.sock.recv(1 << 17)
+            except socket.timeout:
+                raise TimeoutError from None
+            except OSError as exc:
+                raise _os_error(exc, "trace") from None
+            if not raw:
+                return
+            if len(raw) < _HDR.size + _TRACE_REC.size:
+                continue
+            length, op, _f, seq, _ret = _HDR.unpack_from(raw)
+            if op != OP_TRACE:
+                continue
+            ns, kind, flags, slot, handle, pid, rlen, dropped, _pad = \
+                _TRACE_REC.unpack_from(raw, _HDR.size)
+            rec = {"seq": seq, "ns": ns, "kind": kind, "flags": flags,
+                   "slot": None if slot == 0xFFFFFFFF else slot, "handle": handle, "pid": pid,
+                   "len": rlen, "dropped": dropped}
+            yield rec, raw[_HDR.size:length]
+
+
+def _control(bb: Backbone) -> Control:
+    return Control(bb.control)
+
+
+def _proc_comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _proc_uptime(pid: int) -> float | None:
+    """Seconds since process `pid` started (from /proc), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+        return max(0.0, up - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _read_json(path: str | None) -> dict | None:
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _duration(sec: float | None) -> str:
+    if sec is None:
+        return "-"
+    sec = int(sec)
+    d, sec = divmod(sec, 86400)
+    h, sec = divmod(sec, 3600)
+    m, sec = divmod(sec, 60)
+    return (f"{d}d" if d else "") + (f"{h}h" if d or h else "") + f"{m}m{sec:02d}s"
+
+
+# ---- status -------------------------------------------------------------------------------
+
+def _devices(client) -> list[dict]:
+    """Every mwcomms device visible in XenStore, each with both ends' keys."""
+    from mwcomms.xen import xenbus
+    from mwcomms.xen.xenbus import XenbusState
+    import pyxs
+    out = []
+    for root in _mwcomms_paths(client):
+        dom = int(root.split("/")[3])
+        if "/device/" in root:
+            try:
+                devids = sorted(n.decode() for n in client.list(root.encode()) if n)
+            except pyxs.PyXSError:
+                continue
+            for devid in devids:
+                fp = f"{root}/{devid}"
+                fkeys = xenbus.read_dir(client, fp)
+                bp = fkeys.get("backend")
+                try:
+                    bkeys = xenbus.read_dir(client, bp) if bp else {}
+                except OSError:
+                    bkeys = {}
+                out.append({"frontend": dom, "ins": int(fkeys.get("backend-id", "-1")),
+                            "devid": int(devid) if devid.isdigit() else devid,
+                            "front_path": fp, "back_path": bp,
+                            "front_state": XenbusState.parse(fkeys.get("state")).name,
+                            "back_state": XenbusState.parse(bkeys.get("state")).name,
+                            "front_keys": fkeys, "back_keys": bkeys})
+        else:
+            # dom0 or the INS: backend directories whose frontend we may not read
+            try:
+                fronts = [n.decode() for n in client.list(root.encode()) if n]
+            except pyxs.PyXSError:
+                continue
+            for front in fronts:
+                for devid in [n.decode() for n in client.list(f"{root}/{front}".encode()) if n]:
+                    bp = f"{root}/{front}/{devid}"
+                    if any(d["back_path"] == bp for d in out):
+                        continue
+                    bkeys = xenbus.read_dir(client, bp)
+                    fp = bkeys.get("frontend")
+                    try:
+                        fkeys = xenbus.read_dir(client, fp) if fp else {}
+                    except OSError:
+                        fkeys = {}
+                    out.append({"frontend": int(front) if front.isdigit() else front,
+                                "ins": dom, "devid": int(devid) if devid.isdigit() else devid,
+                                "front_path": fp, "back_path": bp,
+                                "front_state": XenbusState.parse(fkeys.get("state")).name,
+                                "back_state": XenbusState.parse(bkeys.get("state")).name,
+                                "front_keys": fkeys, "back_keys": bkeys})
+    return out
+
+
+def _status_doc(bb: Backbone) -> dict:
+    doc: dict = {"backend": bb.backend, "run_dir": bb.run_dir, "xenstore": None,
+                 "mwcommsd": None, "ins": None, "errors": []}
+    try:
+        client = bb.xs()
+    except MwctlError as exc:
+        doc["errors"].append(str(exc))
+    else:
+        try:
+            doc["xenstore"] = _devices(client)
+        finally:
+            client.close()
+    try:
+        with _control(bb) as ctl:
+            info = ctl.info()
+        info["uptime_s"] = (info["now_ns"] - info["started_ns"]) / 1e9
+        info["attached_for_s"] = ((info["now_ns"] - info["attached_ns"]) / 1e9
+                                  if info["link"] == 1 and info["attached_ns"] else None)
+        info["control"] = bb.control
+        doc["mwcommsd"] = info
+    except MwctlError as exc:
+        doc["errors"].append(str(exc))
+    ins = _read_json(bb.stats.get("ins"))
+    if ins is not None:
+        pid = _sim_pid(bb, "ins")
+        ins["uptime_s"] = _proc_uptime(pid) if pid else None
+        ins["stats_age_s"] = max(0.0, time.time() - ins.get("time", time.time()))
+        doc["ins"] = ins
+    return doc
+
+
+def _sim_pid(bb: Backbone, name: str) -> int | None:
+    state = _read_json(os.path.join(bb.run_dir, "state.json")) if bb.run_dir else None
+    return (state or {}).get("pids", {}).get(name)
+
+
+def cmd_status(args, bb: Backbone) -> int:
+    doc = _status_doc(bb)
+    if doc["xenstore"] is None and doc["mwcommsd"] is None:
+        raise MwctlError("; ".join(doc["errors"]), EXIT_UNREACHABLE)
+    if args.json:
+        _emit_json(doc)
+        return EXIT_OK
+    for dev in doc["xenstore"] or []:
+        fk, bk = dev["front_keys"], dev["back_keys"]
+        print(f"device {dev['devid']}: frontend dom{dev['frontend']} "
+              f"{dev['front_state'].capitalize()}, INS dom{dev['ins']} "
+              f"{dev['back_state'].capitalize()}")
+        print(f"  protocol version {fk.get('version', '-')} (INS offers "
+              f"{bk.get('versions', '-')}); features {fk.get('features', '-') or '-'} "
+              f"(INS offers {bk.get('features', '-') or '-'})")
+        print(f"  event channel {fk.get('event-channel', '-')}; area "
+              f"{fk.get('area-pages', fk.get('nr-pages', '-'))} pages; "
+              f"INS limits: {bk.get('max-area-pages', '-')} pages, "
+              f"{bk.get('max-sock-slots', '-')} socket slots")
+        for side, keys in (("frontend", fk), ("INS", bk)):
+            if keys.get("error"):
+                print(f"  {side} error: {keys['error']}")
+    if doc["xenstore"] == []:
+        print("no mwcomms device in XenStore (`mwctl attach --frontend F --ins I`)")
+    info = doc["mwcommsd"]
+    if info:
+        print(f"mwcommsd pid {info['pid']}: up {_duration(info['uptime_s'])}, INS link "
+              f"{info['link_text']}"
+              + (f" for {_duration(info['attached_for_s'])}" if info["attached_for_s"] else "")
+              + f", local protocol v{info['version']}, features "
+              f"{' '.join(info['feature_names']) or '-'}")
+        if info["why"]:
+            print(f"  last detach: {info['why']}")
+        if info["link"] == 1:
+            print(f"  command ring {info['cmd_outstanding']}/{info['cmd_slots']} in flight, "
+                  f"{info['cmd_queued']} queued; events to INS {info['fq_used']}/{info['fq_len']}, "
+                  f"from INS {info['bq_used']}/{info['bq_len']}")
+            print(f"  socket slots {info['slots_used']}/{info['sock_slots']}; data area "
+                  f"{info['data_pages'] - info['data_free']}/{info['data_pages']} pages used")
+        print(f"  event channel: {info['notifies']} notifications sent, {info['wakeups']} "
+              f"received; {info['attaches']} attaches, {info['violations']} violations")
+        print(f"  {info['clients']} clients, {info['sockets']} sockets "
+              f"({info['zombies']} ended), {info['sockets_total']} since start; "
+              f"{info['tracers']} tracers")
+    ins = doc["ins"]
+    if ins:
+        for path, dev in ins.get("devices", {}).items():
+            print(f"INS dom{ins.get('domid')} (up {_duration(ins.get('uptime_s'))}): frontend "
+                  f"dom{dev.get('front')} {dev.get('state', '?').capitalize()}, "
+                  f"{dev.get('sockets', 0)} sockets, tx {dev.get('tx_bytes', 0)} B, rx "
+                  f"{dev.get('rx_bytes', 0)} B, {dev.get('proto_errors', 0)} protocol errors"
+                  + (f" ({dev['why']})" if dev.get("why") else ""))
+    for err in doc["errors"]:
+        print(f"({err})")
+    return EXIT_OK
+
+
+# ---- sockets ------------------------------------------------------------------------------
+
+def _addr_match(pattern: str, a: dict | None) -> bool:
+    """host, :port, host:port or [v6]:port against an address."""
+    if not a or "raw" in a:
+        return False
+    host, port = pattern, None
+    if pattern.startswith("["):
+        host, _, rest = pattern[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif pattern.count(":") == 1:
+        host, port = pattern.split(":")
+    if host and host not in ("*", a["host"]):
+        return False
+    return port in (None, "", "*") or str(a["port"]) == port
+
+
+def _state_match(want: str, d: dict) -> bool:
+    aliases = {"established": "ESTAB", "connected": "ESTAB", "listening": "LISTEN",
+               "ended": "CLOSED"}
+    return d["state_name"] == aliases.get(want.lower(), want.upper())
+
+
+def cmd_sockets(args, bb: Backbone) -> int:
+    with _control(bb) as ctl:
+        socks = ctl.sockets()
+    if not args.all:
+        # sockets ready for a listener's next connection, and ended ones mwcommsd remembers
+        # for STATUS, are not the application's sockets now (shown with --all / --state)
+        socks = [d for d in socks if not d["flags"] & 0x80 and
+                 (args.state or d["state_name"] != "CLOSED")]
+    if args.pid is not None:
+        socks = [d for d in socks if d["pid"] == args.pid]
+    if args.state:
+        socks = [d for d in socks if _state_match(args.state, d)]
+    if args.addr:
+        socks = [d for d in socks if _addr_match(args.addr, d["local"]) or
+                 _addr_match(args.addr, d["peer"])]
+    for d in socks:
+        d["command"] = _proc_comm(d["pid"]) if d["pid"] > 0 else ""
+        d["handle_hex"] = f"{d['handle']:#x}"
+    if args.json:
+        _emit_json(socks)
+        return EXIT_OK
+    rows = [("Proto", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port",
+             "Bytes-In", "Bytes-Out", "Slot", "Handle", "Process")]
+    for d in socks:
+        proc = f"{d['command'] or '?'},pid={d['pid']}" if d["pid"] > 0 else "-"
+        rows.append((d["proto"], d["state_name"] + (f"({d['error_name']})" if d["error"] else ""),
+                     str(d["recv_q"]), str(d["send_q"]), _addr_text(d["local"]),
+                     _addr_text(d["peer"]), str(d["bytes_rx"]), str(d["bytes_tx"]),
+                     "-" if d["slot"] is None else str(d["slot"]), d["handle_hex"], proc))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return EXIT_OK
+
+
+# ---- stats --------------------------------------------------------------------------------
+
+def _stats_doc(bb: Backbone) -> dict:
+    doc: dict = {"time": time.time(), "mwcommsd": None, "ins": None}
+    try:
+        with _control(bb) as ctl:
+            info = ctl.info()
+        doc["mwcommsd"] = {k: info[k] for k in (
+            "calls", "call_errors", "calls_by_op", "errors_by_errno", "ins_errors_by_errno",
+            "bytes_tx", "bytes_rx",
+            "ins_requests", "ins_requests_by_cmd", "violations", "attaches", "clients_dropped",
+            "dgrams_dropped", "sockets", "sockets_total", "notifies", "wakeups",
+            "trace_records", "trace_dropped")}
+        doc["mwcommsd"]["reconnects"] = max(0, info["attaches"] - 1)
+        doc["mwcommsd"]["source"] = "control socket"
+    except MwctlError as exc:
+        fallback = _read_json(bb.stats.get("mwcommsd"))
+        if fallback is None:
+            doc["mwcommsd_error"] = str(exc)
+        else:
+            fallback["reconnects"] = max(0, fallback.get("attaches", 0) - 1)
+            fallback["source"] = bb.stats["mwcommsd"]
+            doc["mwcommsd"] = fallback
+    ins = _read_json(bb.stats.get("ins"))
+    if ins is not None:
+        doc["ins"] = ins
+    if doc["mwcommsd"] is None and doc["ins"] is None:
+        raise MwctlError(doc.get("mwcommsd_error", "no counters found"), EXIT_UNREACHABLE)
+    return doc
+
+
+def _print_counts(title: str, counts: dict, prev: dict | None) -> None:
+    if not counts:
+        return
+    parts = []
+    for k, v in sorted(counts.items(), key=lambda kv: -kv[1]):
+        delta = f" (+{v - prev.get(k, 0)})" if prev is not None and v != prev.get(k, 0) else ""
+        parts.append(f"{k} {v}{delta}")
+    print(f"  {title}: " + ", ".join(parts))
+
+
+def _print_stats(doc: dict, prev: dict | None) -> None:
+    m = doc["mwcommsd"]
+    pm = (prev or {}).get("mwcommsd") or {}
+
+    def d(key):
+        if prev is None or key not in pm:
+            return ""
+        return f" (+{m[key] - pm[key]})" if m[key] != pm[key] else ""
+
+    stamp = time.strftime("%H:%M:%S", time.localtime(doc["time"]))
+    if m:
+        print(f"{stamp} mwcommsd: calls {m.get('calls', 0)}{d('calls')}, errors "
+              f"{m.get('call_errors', 0)}{d('call_errors')}; bytes out {m.get('bytes_tx', 0)}"
+              f"{d('bytes_tx')}, in {m.get('bytes_rx', 0)}{d('bytes_rx')}; INS requests "
+              f"{m.get('ins_requests', 0)}{d('ins_requests')}; protocol errors "
+              f"{m.get('violations', 0)}; reconnects {m.get('reconnects', 0)}; dropped clients "
+              f"{m.get('clients_dropped', 0)}, datagrams {m.get('dgrams_dropped', 0)}")
+        _print_counts("calls by type", m.get("calls_by_op", {}),
+                      pm.get("calls_by_op") if prev else None)
+        _print_counts("errors by errno", m.get("errors_by_errno", {}),
+                      pm.get("errors_by_errno") if prev else None)
+        _print_counts("INS requests by command", m.get("ins_requests_by_cmd", {}),
+                      pm.get("ins_requests_by_cmd") if prev else None)
+        _print_counts("INS answers by errno", m.get("ins_errors_by_errno", {}),
+                      pm.get("ins_errors_by_errno") if prev else None)
+    elif doc.get("mwcommsd_error"):
+        print(f"{stamp} mwcommsd: ({doc['mwcommsd_error']})")
+    ins = doc.get("ins")
+    if ins:
+        for path, dev in ins.get("devices", {}).items():
+            print(f"{stamp} INS dom{ins.get('domid')} <- frontend dom{dev.get('front')}: "
+                  f"tx {dev.get('tx_bytes', 0)} B, rx {dev.get('rx_bytes', 0)} B, "
+                  f"{dev.get('sockets', 0)} sockets, protocol errors "
+                  f"{dev.get('proto_errors', 0)}")
+            _print_counts("requests by command", dev.get("requests", {}), None)
+
+
+def cmd_stats(args, bb: Backbone) -> int:
+    prev = None
+    n = 0
+    while True:
+        doc = _stats_doc(bb)
+        if args.json:
+            print(json.dumps(doc), flush=True)
+        else:
+            _print_stats(doc, prev)
+            sys.stdout.flush()
+        n += 1
+        if not args.watch or (args.count and n >= args.count):
+            return EXIT_OK
+        prev = doc
+        time.sleep(args.watch)
+
+
+# ---- trace --------------------------------------------------------------------------------
+
+def _fmt_value(v) -> str:
+    from mwcomms.tools import codec
+    if isinstance(v, codec.SockAddr):
+        return _addr_text(None if v.host is None else {"host": str(v.host), "port": v.port})
+    if isinstance(v, codec.Rings):
+        return f"tx@{v.tx_off:#x}/{1 << v.tx_order},rx@{v.rx_off:#x}/{1 << v.rx_order}"
+    if isinstance(v, bytes):
+        return v.hex() if len(v) <= 16 else v[:16].hex() + "..."
+    if hasattr(v, "__dataclass_fields__"):
+        return "{" + " ".join(f"{k}={_fmt_value(getattr(v, k))}"
+                              for k in v.__dataclass_fields__) + "}"
+    return str(v)
+
+
+def _json_value(v):
+    """A decoded field for JSON: addresses as "host:port", bytes as hex, numbers as numbers."""
+    from mwcomms.tools import codec
+    if isinstance(v, (codec.SockAddr, codec.Rings)):
+        return _fmt_value(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    if hasattr(v, "__dataclass_fields__"):
+        return {k: _json_value(getattr(v, k)) for k in v.__dataclass_fields__}
+    return v
+
+
+def _decode(rec: dict, payload: bytes) -> dict:
+    """The record's message, decoded with the codec: {"what": text, "msg": json-able}."""
+    from mwcomms.tools import codec
+    kind, body = rec["kind"], payload[_TRACE_REC.size:]
+    out: dict = {"dir": "->INS" if kind in TR_TO_INS else "<-INS",
+                 "kind": TR_KINDS.get(kind, str(kind))}
+    try:
+        if kind in (1, 2):
+            msg = (codec.decode_request if kind == 1 else codec.decode_response)(body[:128])
+            cmd = codec.CMD_NAMES.get(getattr(msg, "cmd", 0), str(getattr(msg, "cmd", "?")))
+            fields = {k: getattr(msg, k) for k in msg.__dataclass_fields__}
+            out["cmd"] = cmd
+            out["msg"] = {k: _json_value(v) for k, v in fields.items()}
+            if kind == 2 and fields["ret"] < 0:
+                fields["ret"] = f"{fields['ret']} ({_errname(fields['ret'])})"
+                out["msg"]["errno"] = _errname(msg.ret)
+            out["text"] = f"{cmd} " + " ".join(f"{k}={_fmt_value(v)}" for k, v in fields.items()
+                                               if k not in ("cmd",) and v is not None)
+        elif kind in (3, 4):
+            ev = codec.decode_event(body[:16], from_ins=kind == 4)
+            name = {codec.EV_DATA: "DATA", codec.EV_SPACE: "SPACE", codec.EV_STATE: "STATE"}[ev.type]
+            out["event"] = name
+            out["text"] = f"{name} sock={ev.sock} arg={ev.arg}"
+            out["msg"] = {"sock": ev.sock, "type": name, "arg": ev.arg}
+        elif kind in (5, 6):
+            addr = _addr(body[:32])
+            data = body[32:]
+            shown = data.decode("latin-1").encode("unicode_escape").decode("ascii")
+            if len(shown) > 80:
+                shown = shown[:80] + "..."
+            trunc = "" if len(data) == rec["len"] else f" (first {len(data)})"
+            out["text"] = (f"sock={rec['slot']} len={rec['len']}{trunc}"
+                           + (f" addr={_addr_text(addr)}" if addr else "") + f' "{shown}"')
+            out["msg"] = {"len": rec["len"], "addr": addr, "data": data.hex()}
+    except ValueError as exc:   # codec.ProtocolError: what the INS would have refused
+        out["text"] = f"undecodable ({exc}): {body[:128].hex()}"
+        out["msg"] = {"error": str(exc), "raw": body[:128].hex()}
+    return out
+
+
+def _type_match(types: set[str], rec: dict, dec: dict) -> bool:
+    names = {dec["kind"].lower()}
+    if dec["kind"] == "EV":
+        names.add("event")
+        names.add(dec.get("event", "").lower())
+    if dec.get("cmd"):
+        names.add(dec["cmd"].lower())
+    return bool(names & types)
+
+
+def _parse_handle(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise MwctlError(f"--sock: not a handle: {text!r} (as `mwctl sockets` shows)",
+                         EXIT_USAGE) from None
+
+
+def cmd_trace(args, bb: Backbone) -> int:
+    from . import _pcap
+    want_sock = _parse_handle(args.sock) if args.sock else None
+    types = {t.strip().lower() for t in args.type.split(",")} if args.type else None
+    writer = None
+    pcap_file = None
+    shown = dropped = 0
+    deadline = time.monotonic() + args.duration if args.duration else None
+    print_lines = args.print or not args.pcap
+    ctl = _control(bb)
+    try:
+        if args.pcap:
+            pcap_file = open(args.pcap, "wb")
+            writer = _pcap.PcapNgWriter(
+                pcap_file, LINKTYPE_MWCOMMS, name=f"mwcomms:{bb.control}",
+                description="mwcomms ring messages (mwctl trace; docs/mwctl.md)")
+        ctl.start_trace(args.snaplen)
+        print(f"mwctl trace: tracing {bb.control} (snaplen {args.snaplen})", file=sys.stderr,
+              flush=True)
+        if deadline is not None:
+            ctl.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            for rec, payload in ctl.records():
+                dropped += rec["dropped"]
+                if want_sock is not None and rec["handle"] != want_sock:
+                    continue
+                if args.pid is not None and rec["pid"] != args.pid:
+                    continue
+                dec = _decode(rec, payload)
+                if types and not _type_match(types, rec, dec):
+                    continue
+                if writer:
+                    writer.packet(rec["ns"], payload, flags=_pcap.EPB_OUTBOUND
+                                  if rec["kind"] in TR_TO_INS else _pcap.EPB_INBOUND)
+                if print_lines:
+                    if args.json:
+                        doc = dict(rec, **{k: v for k, v in dec.items() if k != "text"})
+                        doc["handle"] = f"{rec['handle']:#x}"
+                        print(json.dumps(doc), flush=True)
+                    else:
+                        t = time.strftime("%H:%M:%S", time.localtime(rec["ns"] / 1e9))
+                        who = f" pid={rec['pid']}" if rec["pid"] else ""
+                        lost = f" [{rec['dropped']} dropped before]" if rec["dropped"] else ""
+                        print(f"{t}.{rec['ns'] % 1_000_000_000 // 1000:06d} {dec['dir']} "
+                              f"{dec['kind']:<4} {dec['text']}{who}{lost}", flush=True)
+                shown += 1
+                if args.count and shown >= args.count:
+                    break
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    ctl.sock.settimeout(left)
+            else:
+                print("mwctl trace: mwcommsd ended the trace", file=sys.stderr)
+        except TimeoutError:
+            pass                 # --duration is over
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctl.close()
+        if pcap_file:
+            pcap_file.close()
+    print(f"mwctl trace: {shown} records" + (f" written to {args.pcap}" if args.pcap else "")
+          + (f", {dropped} dropped by mwcommsd (tracer too slow)" if dropped else ""),
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_dissector(args, bb: Backbone) -> int:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mwcomms.lua")
+    if not os.path.exists(path):
+        raise MwctlError(f"the dissector is not installed ({path} missing)", EXIT_NOT_FOUND)
+    print(path)
+    return EXIT_OK
 
 
 # ---- attach / detach (the toolstack step) -------------------------------------------------
@@ -295,6 +1003,39 @@ def _parser() -> argparse.ArgumentParser:
         if name == "attach":
             p.add_argument("--force", action="store_true",
                            help="replace an existing device (its drivers see it vanish first)")
+    add("status", "each frontend and INS: handshake state, protocol version and features, "
+        "ring occupancy, event channel counts, uptime", cmd_status)
+    p = add("sockets", "the forwarded sockets, in the spirit of ss: owner, addresses, state, "
+            "bytes, queues, INS slot", cmd_sockets)
+    p.add_argument("--pid", type=int, help="only the sockets this process created")
+    p.add_argument("--state", help="only this state: established, listen, connecting, closed, "
+                   "open, opening, queued, closing")
+    p.add_argument("--addr", help="only sockets with this local or peer address: HOST, :PORT, "
+                   "HOST:PORT or [V6]:PORT")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="also the sockets mwcommsd keeps ready for listeners' next connections "
+                   "and the ended ones it remembers")
+    p = add("stats", "counters: calls by type, errors by errno, bytes, protocol errors, "
+            "reconnects", cmd_stats)
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="print again every SECONDS, with the change since the last print")
+    p.add_argument("--count", type=int, default=0, help="with --watch: stop after N prints")
+    p = add("trace", "live decode of the ring messages both ways (needs root or mwcommsd's "
+            "user)", cmd_trace)
+    p.add_argument("--sock", metavar="HANDLE", help="only this socket (handle as `mwctl "
+                   "sockets` shows it)")
+    p.add_argument("--pid", type=int, help="only sockets this process created")
+    p.add_argument("--type", metavar="T[,T...]", help="only these: req, rsp, event, data, a "
+                   "command (connect, socket, ...) or an event type (space, state)")
+    p.add_argument("--snaplen", type=int, default=256,
+                   help="data bytes kept per data record (default %(default)s, at most 65536)")
+    p.add_argument("--pcap", metavar="FILE", help="write the records as pcap-ng (link type "
+                   "USER0; decode with `tshark -X lua_script:$(mwctl dissector)`)")
+    p.add_argument("--print", action="store_true", help="with --pcap: print the records too")
+    p.add_argument("--count", type=int, default=0, help="stop after N records")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    add("dissector", "print the path of the Wireshark/tshark Lua dissector of `trace --pcap` "
+        "files", cmd_dissector, json_=False)
     p = add("xenstore", "the mwcomms part of the XenStore tree, states decoded", cmd_xenstore)
     p.add_argument("path", nargs="?", help="a subtree to show instead (any path)")
     p.add_argument("--xenstore", metavar="SOCKET", default=argparse.SUPPRESS,

@@ -182,6 +182,7 @@ struct mwfe {
     long short_logged[2];      /* CLOCK_MONOTONIC second of the last short_log line, by kind */
 
     struct mwfe_stats st;
+    struct fe_is *is;          /* introspection (introspect.c): counters, tracers */
 };
 
 #endif /* MWCOMMS_FE_PRIV_H */

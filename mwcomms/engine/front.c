@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "fe_priv.h"
+#include "introspect.h"
 
 #define FE_MAX_FDS_IN 4            /* control data room: more fds than this is malformed */
 #define FE_PUMP_BUDGET (1u << 20)  /* bytes moved per socket per wake-up, for fairness */
@@ -478,6 +479,7 @@ static void ins_flush(struct mwfe *e)
         }
         /* mw_cmd_front_put_req set op->req.id: the copy mw_rsp_match compares with */
         op->sent = 1;
+        fe_is_req(e, &op->req, op->sk);
         e->q_head = op->qnext;
         if (!e->q_head)
             e->q_tail = NULL;
@@ -496,6 +498,7 @@ static void ins_flush(struct mwfe *e)
         e->kick = 1;
     if (e->kick && ins_ok(e)) {
         rc = mw_evtchn_notify(e->ec, e->port);
+        fe_is_notify(e);
         if (rc == -ENOTCONN)     /* sim: the INS's end died with it (its domain is gone) */
             ins_gone(e, "the INS's event channel end is closed: the INS is gone");
         else if (rc < 0)
@@ -508,6 +511,7 @@ static void post_event(struct mwfe *e, struct fe_sock *sk, uint16_t type)
 {
     if (ins_ok(e) && mw_evq_put(&e->fq, sk->slot, type, 0) < 0)
         violation(e, "event queue fq", "put");
+    fe_is_event(e, MWL_TR_EV_TX, sk->slot, type, 0);
 }
 
 /* ---- answers to clients ------------------------------------------------------------------- */
@@ -527,6 +531,7 @@ static void reply(struct mwfe *e, struct fe_client *c, uint32_t seq, uint16_t lo
     if (!c)
         return;
     ST_ADD(e, calls, 1);
+    fe_is_call(e, lop, ret);
     if (ret < 0)
         ST_ADD(e, call_errors, 1);
     if (fd >= 0) {
@@ -626,6 +631,7 @@ static void pump_tx_stream(struct mwfe *e, struct fe_sock *sk)
         if (rc > 0) {
             moved += (uint32_t)rc;
             ST_ADD(e, bytes_tx, (uint64_t)rc);
+            fe_is_ring_data(e, MWL_TR_DATA_TX, sk, &sk->tx, (uint32_t)rc);
             int pub = mw_bring_publish(&sk->tx);
 
             if (pub < 0)
@@ -705,6 +711,8 @@ static void pump_tx_dgram(struct mwfe *e, struct fe_sock *sk)
         if (rc < 0)
             goto drop;
         ST_ADD(e, bytes_tx, d.len);
+        fe_is_dgram(e, MWL_TR_DATA_TX, sk, &(struct iovec){ e->scratch + sizeof(d), d.len }, 1,
+                    d.len, &d.addr);
         rc = mw_bring_publish(&sk->tx);
         if (rc < 0)
             goto out_proto;
@@ -770,8 +778,10 @@ static void pump_rx_stream(struct mwfe *e, struct fe_sock *sk)
         }
         if (rc > 0) {
             moved += (uint32_t)rc;
-            if (!sk->rx_discard)
+            if (!sk->rx_discard) {
                 ST_ADD(e, bytes_rx, (uint64_t)rc);
+                fe_is_ring_data(e, MWL_TR_DATA_RX, sk, &sk->rx, (uint32_t)rc);
+            }
             int rel = mw_bring_release(&sk->rx);
 
             if (rel < 0)
@@ -884,6 +894,7 @@ static void pump_rx_dgram(struct mwfe *e, struct fe_sock *sk)
                 sk->rx_discard = 1;
             } else {
                 ST_ADD(e, bytes_rx, h.len);
+                fe_is_dgram(e, MWL_TR_DATA_RX, sk, iov + 1, niov, h.len, &h.addr);
             }
         }
         mw_bring_dgram_skip(&sk->rx);
@@ -1042,6 +1053,7 @@ static void refill_accepts(struct mwfe *e, struct fe_sock *l)
         op->newsk = n;
         n->refs++;
         n->listener = l;
+        fe_is_sock_accepting(e, n, l);
         mw_rings_build(&rings, n->tx_page * MW_PAGE_SIZE, n->rx_page * MW_PAGE_SIZE,
                        n->tx_order, n->rx_order);
         mw_req_build_accept(&op->req, 0, l->slot, n->slot, &rings);
@@ -1399,6 +1411,7 @@ static void ins_process(struct mwfe *e)
             return;
         }
         op = (struct fe_op *)(uintptr_t)cookie;
+        fe_is_rsp(e, &rsp, op->sk);
         if (mw_rsp_check(&rsp, &e->lim, &why) != 0 || mw_rsp_match(&rsp, &op->req, &why) != 0) {
             violation(e, "response", why);
             return;
@@ -1416,6 +1429,8 @@ static void ins_process(struct mwfe *e)
             violation(e, "event queue bq", "index or event");
             return;
         }
+        if (rc > 0)
+            fe_is_event(e, MWL_TR_EV_RX, ev.sock, ev.type, ev.arg);
         if (rc == MW_EVQ_RESCAN) {
             for (uint32_t s = 0; s < e->area.nsocks && ins_ok(e); s++) {
                 sk = e->by_slot[s];
@@ -1544,6 +1559,7 @@ static int do_attach(struct mwfe *e, const struct fe_ctl *r)
     e->why[0] = 0;
     src_watch(e, &e->evsrc, EPOLLIN);
     ST_ADD(e, attaches, 1);
+    fe_is_attached(e);
     return 0;
 out_buddy:
     fe_buddy_fini(&e->buddy);
@@ -1567,6 +1583,7 @@ static void client_drop(struct mwfe *e, struct fe_client *c, const char *why)
     }
     if (c->parked)
         c->parked->client = NULL;  /* the call completes; its answer is discarded */
+    fe_is_client_gone(e, c);
     src_unwatch(e, &c->src);
     close_fd(&c->src.fd);
     if (c->prev)
@@ -1646,6 +1663,7 @@ static void do_socket(struct mwfe *e, struct fe_client *c, const struct mwl_hdr 
     sk = sk_new(e, c->uid, q->family, q->type, q->protocol);
     if (!sk)
         return reply_err(e, c, h->seq, h->op, -EMFILE);
+    fe_is_sock_new(e, sk, c->pid);
     sk->want_token = q->type == SOCK_STREAM && (h->flags & MWL_F_IDLE_TOKEN);
     rc = slot_alloc(e, sk, q->type == SOCK_STREAM ? e->cfg.stream_order : e->cfg.dgram_order);
     if (rc == 0)
@@ -2074,6 +2092,10 @@ static int client_serve(struct mwfe *e, struct fe_client *c)
     if (nfds == 1)
         fd = fds[0];
     nfds = 0;
+    if (h.op >= MWL_INFO && h.op <= MWL_TRACE) {
+        fe_is_serve(e, c, &h, body, blen);
+        goto out_close_fd;
+    }
     if (h.op == 0 || h.op >= MWL_OP_MAX_) {
         reply_err(e, c, h.seq, h.op, -EOPNOTSUPP);
         goto out_close_fd;
@@ -2261,6 +2283,7 @@ int mwfe_run(struct mwfe *e)
                 serve_ctl(e);
                 break;
             case SRC_EVTCHN:
+                fe_is_wakeup(e);
                 while (e->attached && mw_evtchn_pending(e->ec) > 0)
                     ;
                 break;
@@ -2381,6 +2404,7 @@ int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
     if (epoll_ctl(e->ep, EPOLL_CTL_ADD, e->ctl.fd, &ev) < 0)
         goto out_destroy;
     e->ctl.in_epoll = 1;
+    fe_is_get(e);                  /* the introspection's clock starts now */
     *out = e;
     return 0;
 out_destroy:
@@ -2412,6 +2436,7 @@ void mwfe_destroy(struct mwfe *e)
         free(op);
     }
     bury(e);
+    fe_is_free(e);
     if (e->path) {
         unlink(e->path);
         free(e->path);
