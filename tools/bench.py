@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform as _platform
+import resource
 import select
 import shutil
 import statistics
@@ -83,6 +84,7 @@ class Case:
     name: str
     metrics: list[Metric]
     run: Callable[["Side", "Params"], dict]
+    op: str = "operation"                               # what one of its runs' "ops" is
     needs: list[str] = field(default_factory=list)      # programs it needs on PATH
 
 
@@ -118,6 +120,20 @@ class Side:
         self.env = env
         self.mwload = ""        # set once compiled
         self.daemons: dict[str, int] = {}    # forwarded: mwcommsd and INS pids
+        self.overhead: dict[str, float] = {}    # what starting a program here costs
+
+    def calibrate(self, n: int = 3) -> None:
+        """Measure what starting a program costs on this side (unshare + sh, or `mwcomms run`,
+        a Python program): it is taken off each run's CPU and switch counts, so that they
+        are the load's own. Median of @n runs of `true`."""
+        costs = []
+        for _ in range(n):
+            c0 = _cpu(self)
+            self.run(["true"])
+            c1 = _cpu(self)
+            costs.append({k: c1[k] - c0[k] for k in c1})
+        self.overhead = {"apps_cpu_s": statistics.median(c["apps_cpu_s"] for c in costs),
+                         "apps_switches": statistics.median(c["apps_switches"] for c in costs)}
 
     def cmd(self, argv: list[str]) -> list[str]:
         return self.prefix + argv
@@ -163,24 +179,31 @@ WORKLOAD = Target(">=", 0.5)
 MEMORY = Target("<=", 16.0, absolute=True)
 
 
+# Each run's "ops" counts what it did (round trips with the warm-up, 64 KiB moved,
+# connections, requests), so that CPU and context switches can be given per operation.
+
 def run_rr(side: Side, p: Params) -> dict:
-    return side.mwload_json("rr", "--size", "64", "--count", str(p.rr_count),
-                            "--warmup", str(max(100, p.rr_count // 10)))
+    warmup = max(100, p.rr_count // 10)
+    res = side.mwload_json("rr", "--size", "64", "--count", str(p.rr_count), "--warmup", str(warmup))
+    return dict(res, ops=p.rr_count + warmup)
 
 
 def run_udp(side: Side, p: Params) -> dict:
-    return side.mwload_json("udp", "--size", "64", "--count", str(p.udp_count),
-                            "--warmup", str(max(100, p.udp_count // 10)))
+    warmup = max(100, p.udp_count // 10)
+    res = side.mwload_json("udp", "--size", "64", "--count", str(p.udp_count), "--warmup", str(warmup))
+    return dict(res, ops=p.udp_count + warmup)
 
 
 def run_bulk(streams: int) -> Callable[[Side, Params], dict]:
     def run(side: Side, p: Params) -> dict:
-        return side.mwload_json("bulk", "--streams", str(streams), "--seconds", str(p.bulk_seconds))
+        res = side.mwload_json("bulk", "--streams", str(streams), "--seconds", str(p.bulk_seconds))
+        return dict(res, ops=res["bytes"] / 65536)
     return run
 
 
 def run_connect(side: Side, p: Params) -> dict:
-    return side.mwload_json("connect", "--seconds", str(p.connect_seconds))
+    res = side.mwload_json("connect", "--seconds", str(p.connect_seconds))
+    return dict(res, ops=res["count"])
 
 
 def _mem(pid: int) -> dict:
@@ -262,7 +285,7 @@ def run_hold(side: Side, p: Params) -> dict:
 
     app_names = [k for k in after if k.startswith("app")]
     daemon_names = list(side.daemons)
-    res = {"conns": n, "wanted": ready["wanted"], "stopped_by": ready["stopped_by"],
+    res = {"conns": n, "ops": n, "wanted": ready["wanted"], "stopped_by": ready["stopped_by"],
            "apps_rss_per_conn": per_conn(app_names, "rss"),
            "kernel_slab_per_conn": (slab1 - slab0) / n}
     for name in daemon_names:
@@ -292,7 +315,7 @@ def run_redis(side: Side, p: Params) -> dict:
             res[cols[0].lower() + "_per_s"] = float(cols[1])
     if len(res) != 2:
         raise BenchError(f"{side.name}: redis-benchmark printed no SET/GET rates: {out[-300:]}")
-    return res
+    return dict(res, ops=2 * p.redis_requests)
 
 
 _NGINX_CONF = """daemon off;
@@ -332,9 +355,12 @@ def run_http(side: Side, p: Params) -> dict:
         out = side.run(["sh", "-c", script, side.mwload])
     finally:
         shutil.rmtree(d, ignore_errors=True)
+    requests = None
     for line in out.splitlines():
+        if " requests in " in line:
+            requests = int(line.split()[0])
         if line.startswith("Requests/sec:"):
-            return {"req_per_s": float(line.split()[1])}
+            return {"req_per_s": float(line.split()[1]), "ops": requests}
     raise BenchError(f"{side.name}: wrk printed no rate: {out[-300:]}")
 
 
@@ -342,29 +368,57 @@ CASES = [
     Case("tcp_rr", [
         Metric("tcp_rr_p50", "TCP 64 B round trip p50", "us", "p50_us", "lower", ROUND_TRIP),
         Metric("tcp_rr_p99", "TCP 64 B round trip p99", "us", "p99_us", "lower", ROUND_TRIP)],
-        run_rr),
+        run_rr, op="round trip"),
     Case("udp_rr", [
         Metric("udp_rr_p50", "UDP 64 B round trip p50", "us", "p50_us", "lower", ROUND_TRIP),
         Metric("udp_rr_p99", "UDP 64 B round trip p99", "us", "p99_us", "lower", ROUND_TRIP)],
-        run_udp),
+        run_udp, op="round trip"),
     Case("bulk1", [Metric("bulk_1", "TCP bulk, 1 stream", "MB/s", "bytes_per_s", "higher",
-                          THROUGHPUT, 1e-6)], run_bulk(1)),
+                          THROUGHPUT, 1e-6)], run_bulk(1), op="64 KiB"),
     Case("bulk8", [Metric("bulk_8", "TCP bulk, 8 streams", "MB/s", "bytes_per_s", "higher",
-                          THROUGHPUT, 1e-6)], run_bulk(8)),
+                          THROUGHPUT, 1e-6)], run_bulk(8), op="64 KiB"),
     Case("connect", [Metric("conn_rate", "connect+accept+close", "1/s", "per_s", "higher",
-                            CONN_RATE)], run_connect),
+                            CONN_RATE)], run_connect, op="connection"),
     Case("hold", [Metric("conn_memory", "idle connection, user-space memory", "KiB/conn",
-                         "user_per_conn", "lower", MEMORY, 1 / 1024)], run_hold),
+                         "user_per_conn", "lower", MEMORY, 1 / 1024)], run_hold, op="connection"),
     Case("redis", [
         Metric("redis_set", "redis-benchmark SET", "req/s", "set_per_s", "higher", WORKLOAD),
         Metric("redis_get", "redis-benchmark GET", "req/s", "get_per_s", "higher", WORKLOAD)],
-        run_redis, needs=["redis-server", "redis-benchmark"]),
+        run_redis, op="request", needs=["redis-server", "redis-benchmark"]),
     Case("http", [Metric("http", "wrk against nginx, 1 KiB page", "req/s", "req_per_s", "higher",
-                         WORKLOAD)], run_http, needs=["nginx", "wrk"]),
+                         WORKLOAD)], run_http, op="request", needs=["nginx", "wrk"]),
 ]
 
 
 # --- the machine and the run ---------------------------------------------------------------
+
+def _proc_cpu(pid: int) -> tuple[float, int]:
+    """User + system CPU seconds a process (all its threads) has used, and its context
+    switches (voluntary + involuntary, all threads); zeros when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        switches = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches:" in line:
+                        switches += int(line.split()[1])
+        return cpu, switches
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0, 0
+
+
+def _cpu(side: Side) -> dict:
+    """CPU seconds and context switches so far: of the programs this harness ran and waited
+    for (every descendant that was reaped), and of the side's daemons."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {"apps_cpu_s": ru.ru_utime + ru.ru_stime, "apps_switches": ru.ru_nvcsw + ru.ru_nivcsw}
+    for name, pid in side.daemons.items():
+        out[f"{name}_cpu_s"], out[f"{name}_switches"] = _proc_cpu(pid)
+    return out
+
 
 def machine() -> dict:
     model = "unknown"
@@ -468,11 +522,27 @@ def summarise(case: Case, runs: dict[str, list[dict]], errors: list[str], repeat
             row["target"] = {"text": t.describe(), "op": t.op, "goal": t.goal, "must": t.must,
                              "absolute": t.absolute, "met": t.met(value),
                              "must_met": t.met(value, t.must) if t.must is not None else None}
+        # where the time went: CPU microseconds and context switches per operation, per
+        # process group (the programs; mwcommsd and the INS when forwarded), median of runs
+        row["per_op"] = {"op": case.op}
+        for side in ("native", "forwarded"):
+            done = [r for r in runs.get(side, []) if r.get("cost") and r.get("ops")]
+            if done:
+                row["per_op"][side] = {
+                    k.replace("_cpu_s", "_cpu_us"): statistics.median(
+                        r["cost"][k] / r["ops"] * (1e6 if k.endswith("_cpu_s") else 1)
+                        for r in done)
+                    for k in done[0]["cost"]}
         if case.name == "hold":
             fw = runs.get("forwarded", [])
             if fw:
-                last = fw[-1]
-                row["detail"] = {k: v for k, v in last.items() if not k.endswith("_runs")}
+                row["detail"] = dict(fw[-1])
+                short = min(r["conns"] for r in fw)
+                if short < fw[-1]["wanted"] and m.target:
+                    # a budget met for fewer connections than asked is not the target
+                    row["target"]["met"] = False
+                    row["target"]["text"] += (f" at {fw[-1]['wanted']} connections (only {short} "
+                                              f"opened: {fw[-1]['stopped_by'] or 'stopped'})")
         if errors:
             row["errors"] = errors
         rows.append(row)
@@ -518,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in sides:
             s.mwload = mwload
         sides[1].daemons = bb.daemons()
+        for s in sides:
+            s.calibrate()
         print(f"bench: {len(cases)} cases x {p.repeats} repeats x native/forwarded; "
               f"backbone in {bb.dir}", flush=True)
         for case in cases:
@@ -533,13 +605,19 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(p.repeats):
                 for side in sides:      # alternate, so both sides see the same noise
                     try:
-                        runs[side.name].append(case.run(side, p))
+                        cost0 = _cpu(side)
+                        res = case.run(side, p)
+                        cost1 = _cpu(side)
+                        res["cost"] = {k: cost1[k] - cost0[k] - side.overhead.get(k, 0)
+                                       for k in cost1}
+                        runs[side.name].append(res)
                     except BenchError as exc:
                         errors.append(str(exc))
             rows += summarise(case, runs, errors, p.repeats)
             status = f"{len(errors)} failed runs: {errors[0]}" if errors else "ok"
             print(f"  {case.name}: {time.monotonic() - t0:.1f} s, {status}", flush=True)
     result = {"machine": machine(), "load_average": load.summary(), "started": started,
+              "start_overhead": {s.name: s.overhead for s in sides},
               "seconds": time.time() - started, "mode": "smoke" if args.smoke else
               "quick" if args.quick else "full", "backend": "sim", "repeats": p.repeats,
               "params": p.__dict__, "cases": rows}

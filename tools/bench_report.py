@@ -80,6 +80,22 @@ def table(result: dict) -> str:
             parts.append(f"apps {d['apps_rss_per_conn'] / 1024:.1f} KiB Rss/conn")
             parts.append(f"kernel slab {d['kernel_slab_per_conn'] / 1024:.1f} KiB/conn (host-wide)")
             notes.append("conn_memory: " + ", ".join(parts))
+    cpu, labels = [], set()
+    for r in result["cases"]:
+        c = r.get("per_op") or {}
+        label = r["case"].removesuffix("_p50").removesuffix("_p99").removesuffix(
+            "_set").removesuffix("_get")       # one line per case, not per metric
+        if "native" in c and "forwarded" in c and label not in labels:
+            labels.add(label)
+            n, f = c["native"], c["forwarded"]
+            cpu.append(f"  {label:<11} {c['op']:<11} {n['apps_cpu_us']:8.1f} us {n['apps_switches']:5.1f} sw"
+                       f" | {f['apps_cpu_us']:8.1f} us {f['apps_switches']:5.1f} sw"
+                       f" | {f.get('mwcommsd_cpu_us', 0):8.1f} us {f.get('mwcommsd_switches', 0):5.1f} sw"
+                       f" | {f.get('ins_cpu_us', 0):8.1f} us {f.get('ins_switches', 0):5.1f} sw")
+    if cpu:
+        notes += ["", "Cost per operation (median of runs): CPU time and context switches",
+                  f"  {'case':<11} {'op':<11} {'native programs':>20} | {'forwarded programs':>20}"
+                  f" | {'mwcommsd':>20} | {'INS':>20}"] + cpu
     if notes:
         out += [""] + notes
     return "\n".join(out)

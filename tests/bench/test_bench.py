@@ -49,6 +49,7 @@ def test_summarise_throughput_and_absolute_targets():
                     reason="needs root, unshare(1) and gcc: native runs get a network namespace "
                            "of their own and the load programs are compiled")
 def test_smoke_run_writes_results(tmp_path):
+    """Smoke run: every case, both sides, 2 repeats, tiny counts (about 15 s)."""
     out = tmp_path / "bench"
     env = dict(os.environ, PYTHONSAFEPATH="1")
     p = subprocess.run([sys.executable, "-m", "mwcomms.tools.bench", "--smoke", "--no-chart",
@@ -73,7 +74,38 @@ def test_smoke_run_writes_results(tmp_path):
         assert set(r["spread"]) == {"native", "forwarded"}
         assert r["target"]["met"] in (True, False)
     assert by_name["conn_memory"]["detail"]["conns"] == 50
+    # where the time went: CPU and context switches per operation, both sides
+    cost = by_name["tcp_rr_p50"]["per_op"]
+    assert cost["op"] == "round trip"
+    assert cost["native"]["apps_switches"] > 0 and cost["forwarded"]["mwcommsd_cpu_us"] >= 0
     # the table names every case and a verdict for each
     for r in res["cases"]:
         assert r["title"] in p.stdout
     assert "fwd/nat" in p.stdout
+
+
+def test_profile_parses_perf_trace_summary():
+    from mwcomms.tools import bench_profile
+
+    text = """
+ Summary of events:
+
+ python (14712), 20 events, 0.0%
+
+   syscall            calls  errors  total       min       avg       max       stddev
+                                     (msec)    (msec)    (msec)    (msec)        (%)
+   --------------- --------  ------ -------- --------- --------- ---------     ------
+   futex                 10     10  4505.010     0.000   450.501   504.208     11.11%
+
+ python (14724), 105454 events, 98.7%
+
+   syscall            calls  errors  total       min       avg       max       stddev
+   --------------- --------  ------ -------- --------- --------- ---------     ------
+   epoll_wait         19143      0  3000.000     0.000     0.100     1.000      1.00%
+   futex                  4      1     0.010     0.001     0.002     0.003      1.00%
+"""
+    got = bench_profile.parse_trace(text)
+    assert got == {"python": {"futex": [14, 11], "epoll_wait": [19143, 0]}}
+    lines = bench_profile._show("x", got["python"], 100)
+    assert lines[0] == "  x: 191.6 system calls per operation"
+    assert "epoll_wait" in lines[1] and "(0.11 failed)" in lines[2]

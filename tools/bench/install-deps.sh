@@ -29,10 +29,10 @@ if [ -n "$need" ]; then
     fi
 fi
 # the bench extra, as pyproject.toml declares it (read from the installed package's metadata)
-reqs=$("$py" -c 'import importlib.metadata as m, re
+reqs=$(PYTHONSAFEPATH=1 "$py" -c 'import importlib.metadata as m, re
 print(" ".join(re.sub(r"\s*;.*", "", r) for r in m.requires("mwcomms") or []
                if "extra == \"bench\"" in r))')
-if [ -n "$reqs" ] && ! "$py" -c 'import matplotlib' 2>/dev/null; then
+if [ -n "$reqs" ] && ! PYTHONSAFEPATH=1 "$py" -c "import matplotlib" 2>/dev/null; then
     echo "bench install-deps: pip install $reqs"
     "$py" -m pip install -q --disable-pip-version-check $reqs
 fi

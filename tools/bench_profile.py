@@ -1,0 +1,146 @@
+"""Where the forwarded time goes: one bench load run natively and forwarded, with every
+process's system calls counted (`perf trace -s`, Debian's linux-perf) and divided by the
+operations the load did, plus the hottest symbols of mwcommsd and the INS (`perf record`).
+
+    python -m mwcomms.tools.bench_profile [--load rr|udp|connect|bulk8] [--out DIR]
+
+It prints, per process (the load programs, mwcommsd, the INS), system calls per operation
+by name with how many failed (EAGAIN reads are the usual ones), and the top of the daemons'
+profile. The evidence behind the optimisation requests in docs/bench.md comes from here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from mwcomms.tools import bench
+
+LOADS = {
+    "rr": ["rr", "--size", "64", "--count", "20000", "--warmup", "0"],
+    "udp": ["udp", "--size", "64", "--count", "20000", "--warmup", "0"],
+    "connect": ["connect", "--seconds", "2"],
+    "bulk8": ["bulk", "--streams", "8", "--seconds", "2"],
+}
+
+_SECTION = re.compile(r"^\s*(\S.*?) \((\d+)\), \d+ events")
+_ROW = re.compile(r"^\s+([a-z_0-9]+)\s+(\d+)\s+(\d+)\s")
+
+
+def parse_trace(text: str) -> dict[str, dict[str, list[int]]]:
+    """`perf trace -s` output -> {process name: {syscall: [calls, errors]}}, threads summed."""
+    out: dict[str, dict[str, list[int]]] = {}
+    cur = None
+    for line in text.splitlines():
+        m = _SECTION.match(line)
+        if m:
+            cur = out.setdefault(m.group(1), {})
+            continue
+        m = _ROW.match(line)
+        if m and cur is not None:
+            calls = cur.setdefault(m.group(1), [0, 0])
+            calls[0] += int(m.group(2))
+            calls[1] += int(m.group(3))
+    return out
+
+
+def ops_of(load: str, res: dict) -> float:
+    if load in ("rr", "udp"):
+        return res["count"]
+    if load == "connect":
+        return res["count"]
+    return res["bytes"] / 65536
+
+
+def _show(title: str, table: dict[str, list[int]], ops: float, top: int = 12) -> list[str]:
+    total = sum(c for c, _ in table.values())
+    lines = [f"  {title}: {total / ops:.1f} system calls per operation"]
+    for name, (calls, errors) in sorted(table.items(), key=lambda kv: -kv[1][0])[:top]:
+        err = f"  ({errors / ops:.2f} failed)" if errors else ""
+        lines.append(f"    {name:<16} {calls / ops:7.2f}{err}")
+    return lines
+
+
+def _trace_daemon(pid: int, path: str) -> subprocess.Popen:
+    return subprocess.Popen(["perf", "trace", "-s", "-p", str(pid), "-o", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mwcomms.tools.bench_profile",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--load", choices=sorted(LOADS), default="rr")
+    ap.add_argument("--out", default="build/bench/profile")
+    ap.add_argument("--no-record", action="store_true", help="skip perf record")
+    args = ap.parse_args(argv)
+    if not shutil.which("perf"):
+        print("bench_profile: perf is missing (Debian: linux-perf)", file=sys.stderr)
+        return 1
+    os.makedirs(args.out, exist_ok=True)
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    env.pop("LD_PRELOAD", None)
+    mwload = bench.compile_mwload(args.out)
+    load = [mwload] + LOADS[args.load]
+    report = []
+    with bench.Backbone(env) as bb:
+        native = bench.native_side(env)
+        fwd = bench.forwarded_side(bb.dir, env)
+        daemons = bb.daemons()
+        results = {}
+        for side in (native, fwd):
+            app_trace = os.path.join(args.out, f"{args.load}.{side.name}.apps.trace")
+            tracers = {}
+            if side is fwd:
+                for name, pid in daemons.items():
+                    tracers[name] = _trace_daemon(pid, os.path.join(args.out, f"{args.load}.{name}.trace"))
+                time.sleep(1.0)         # perf trace attaches before the load starts
+            out = side.run(["perf", "trace", "-s", "-o", app_trace, "--"] + load)
+            for t in tracers.values():
+                t.send_signal(signal.SIGINT)
+                t.wait(30)
+            res = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+            ops = ops_of(args.load, res)
+            results[side.name] = res
+            with open(app_trace) as f:
+                apps = parse_trace(f.read())
+            report.append(f"{side.name}: {json.dumps(res)}")
+            report += _show("load programs (mwload, both ends)", apps.get("mwload", {}), ops)
+            for name in tracers:
+                with open(os.path.join(args.out, f"{args.load}.{name}.trace")) as f:
+                    table: dict[str, list[int]] = {}
+                    for per in parse_trace(f.read()).values():
+                        for sc, (c, e) in per.items():
+                            table.setdefault(sc, [0, 0])
+                            table[sc][0] += c
+                            table[sc][1] += e
+                report += _show(name, table, ops)
+        if not args.no_record:
+            data = os.path.join(args.out, f"{args.load}.perf.data")
+            rec = subprocess.Popen(["perf", "record", "-q", "-g", "-o", data, "-p",
+                                    ",".join(str(p) for p in daemons.values())],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            fwd.run(load)
+            rec.send_signal(signal.SIGINT)
+            rec.wait(60)
+            rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort",
+                                  "comm,dso,sym", "--stdio", "-g", "none"],
+                                 capture_output=True, text=True)
+            top = [l for l in rep.stdout.splitlines() if "%" in l and not l.startswith("#")][:15]
+            report += ["", f"perf record -g of mwcommsd + INS during the forwarded run "
+                           f"(cpu-clock samples; {data}):"] + top
+    text = "\n".join(report)
+    print(text)
+    with open(os.path.join(args.out, f"{args.load}.txt"), "w") as f:
+        f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
