@@ -40,6 +40,7 @@
 #define DEFAULT_MAX_BUF (64ull << 20)
 #define EPOLL_BATCH 64
 #define SERVICE_BUDGET 512       /* requests + events of one frontend per turn */
+#define PROBE_MS 1000            /* kick idle frontends this often: a dead one is noticed */
 
 /* ------------------------------------------------------------------------------------------
  * Helpers
@@ -1810,6 +1811,38 @@ static void dns_results(struct ins_engine *e)
     }
 }
 
+/*
+ * Kick every frontend when nothing else did for PROBE_MS. The sim platform reports a peer
+ * whose process died (its end of the event channel closed) only on a kick, and a frontend
+ * that died while its sockets waited for the network makes none: its sockets and budget
+ * would stay held for ever. A frontend found gone is disconnected like a broken one (its
+ * sockets are closed, the control plane is told through the notify fd). A spurious kick only
+ * makes mwcommsd look at its queues. (Real Xen drops kicks to a dead domain silently; there
+ * XenStore tells the daemon.)
+ */
+static void probe_fronts(struct ins_engine *e)
+{
+    struct ins_front *fe;
+    struct timespec ts;
+    int64_t now;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (now < e->probe_at)
+        return;
+    e->probe_at = now + PROBE_MS;
+    for (fe = e->fronts; fe; fe = fe->next) {
+        if (fe->broken || mw_evtchn_notify(fe->ec, fe->port) != -ENOTCONN)
+            continue;
+        snprintf(fe->st.why, sizeof(fe->st.why), "%s",
+                 "the frontend's event channel end is closed: the frontend is gone");
+        fe->broken = 1;
+        fe->st.broken = 1;
+        ins_log(e, "frontend %u (handle %d): %s; disconnecting it", fe->front_id, fe->handle,
+                fe->st.why);
+    }
+}
+
 int ins_engine_run(struct ins_engine *e)
 {
     struct epoll_event evs[EPOLL_BATCH];
@@ -1826,8 +1859,9 @@ int ins_engine_run(struct ins_engine *e)
     for (fe = e->fronts; fe; fe = fe->next)
         front_service(fe);
     while (!e->stop) {
-        int timeout = -1;
+        int timeout = e->fronts ? PROBE_MS : -1;
 
+        probe_fronts(e);
         for (fe = e->fronts; fe; fe = fe->next) {
             front_flush(fe);
             if (fe->broken)

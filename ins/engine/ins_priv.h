@@ -154,6 +154,7 @@ struct ins_engine {
     struct ins_sock *dead_socks;
     struct ins_orphan *dead_orphans;
     int next_handle;
+    int64_t probe_at;          /* CLOCK_MONOTONIC ms of the next liveness kick */
     long nofile_logged;        /* CLOCK_MONOTONIC second of the last "out of fds" line */
     uint64_t next_serial;
     uint8_t scratch[MW_OOL_MAX + 64];   /* datagrams, socket options: the loop's only buffer */

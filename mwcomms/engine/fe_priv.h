@@ -174,6 +174,7 @@ struct mwfe {
     struct mw_evtchn *ec;
     uint32_t port, features;
     int kick;                  /* notify the INS before sleeping */
+    int64_t probe_at;          /* CLOCK_MONOTONIC ms of the next liveness kick (ins_probe) */
     struct fe_buddy buddy;
     struct fe_sock **by_slot;
     uint32_t *free_slots, nfree_slots;

@@ -38,6 +38,7 @@
 #define FE_PUMP_BUDGET (1u << 20)  /* bytes moved per socket per wake-up, for fairness */
 #define FE_GAI_OOL_ORDER 1         /* 8 KiB: the largest GETADDRINFO answer is 7176 bytes */
 #define FE_GNI_OOL_ORDER 0
+#define FE_PROBE_MS 1000           /* kick an idle INS this often: a dead one is noticed */
 
 #define ST_ADD(e, f, n) __atomic_add_fetch(&(e)->st.f, (n), __ATOMIC_RELAXED)
 #define ST_SUB(e, f, n) __atomic_sub_fetch(&(e)->st.f, (n), __ATOMIC_RELAXED)
@@ -2237,6 +2238,26 @@ static void serve_ctl(struct mwfe *e)
     pthread_mutex_unlock(&e->lock);
 }
 
+/*
+ * Kick the INS when nothing else did for FE_PROBE_MS. The sim platform reports a peer whose
+ * process died (its end of the event channel closed) only on a kick, and an application
+ * blocked in recv() or accept() makes none: without this probe its socket would wait for
+ * ever. A spurious kick only makes the INS look at its queues. (Real Xen drops kicks to a
+ * dead domain silently; there XenStore tells the daemon.)
+ */
+static void ins_probe(struct mwfe *e)
+{
+    struct timespec ts;
+    int64_t now;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (now < e->probe_at)
+        return;
+    e->probe_at = now + FE_PROBE_MS;
+    e->kick = 1;                 /* ins_flush notifies, and sees -ENOTCONN */
+}
+
 int mwfe_run(struct mwfe *e)
 {
     struct epoll_event evs[64];
@@ -2253,6 +2274,8 @@ int mwfe_run(struct mwfe *e)
         int timeout = -1, n;
 
         if (ins_ok(e)) {
+            timeout = FE_PROBE_MS;
+            ins_probe(e);
             if (e->refill_due)
                 refill_starved(e);
             ins_flush(e);
