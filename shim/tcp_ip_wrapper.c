@@ -27,6 +27,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <limits.h>
 #include <net/if.h>
 #include <netdb.h>
@@ -1418,6 +1419,24 @@ static int mw_listen(int fd, int backlog)
     return 0;
 }
 
+/* A native accepted socket is a clone of its listener: SO_RCVTIMEO and SO_SNDTIMEO, which
+ * live on X, come along. */
+static void mw_inherit_timeouts(int listener, int fd)
+{
+    static const int opts[] = { SO_RCVTIMEO, SO_SNDTIMEO };
+    int saved = errno;
+
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+        struct timeval tv;
+        socklen_t len = sizeof(tv);
+
+        if (libc_getsockopt(listener, SOL_SOCKET, opts[i], &tv, &len) == 0 &&
+            len == sizeof(tv) && (tv.tv_sec != 0 || tv.tv_usec != 0))
+            libc_setsockopt(fd, SOL_SOCKET, opts[i], &tv, sizeof(tv));
+    }
+    errno = saved;
+}
+
 static int mw_accept_mw(int fd, struct mw_fd *e, struct sockaddr *sa, socklen_t *len, int flags)
 {
     struct mwl_req_handle req = { .handle = e->handle, .arg = flags };
@@ -1474,6 +1493,7 @@ static int mw_accept_mw(int fd, struct mw_fd *e, struct sockaddr *sa, socklen_t 
         if (newfd < 0)
             return mw_fail(newfd);
         mw_fd_update(newfd, 0, 1);
+        mw_inherit_timeouts(fd, newfd);
         if (sa != NULL && len != NULL)
             mw_addr_out(&rsp.peer, e->family, sa, len);
         return newfd;
@@ -1593,6 +1613,12 @@ static int mw_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
             break;
         }
     }
+    /* an IPv4 socket's protocol hands a level it does not know to ip_getsockopt, which
+     * answers EOPNOTSUPP (IPv6 and setsockopt say ENOPROTOOPT, as the INS does) */
+    if (e.family == AF_INET && level != SOL_SOCKET && level != IPPROTO_IP &&
+        level != (e.type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP) &&
+        !(e.type == SOCK_DGRAM && level == IPPROTO_UDPLITE))
+        return mw_fail(-EOPNOTSUPP);
     if (val == NULL || len == NULL)
         return mw_fail(-EFAULT);
     if ((int)*len < 0)
@@ -1735,6 +1761,67 @@ static int mw_fcntl(int fd, int cmd, void *arg)
     return ret;
 }
 
+/* FIONREAD of a UDP socket is the length of the next datagram (0 if none); X's SEQPACKET
+ * end would count every queued packet with its header: peek at the next header instead. */
+static int mw_dgram_next_len(int fd)
+{
+    struct mwl_dgram h;
+    int saved = errno;
+    ssize_t n = libc_recv(fd, &h, sizeof(h), MSG_PEEK | MSG_DONTWAIT);
+
+    errno = saved;
+    if (n < (ssize_t)sizeof(h) || (h.flags & MWL_DGRAM_F_ERROR) || h.len > INT_MAX)
+        return 0;
+    return (int)h.len;
+}
+
+/*
+ * SIOCGIFADDR, SIOCGIFNETMASK, SIOCGIFBRDADDR, SIOCGIFDSTADDR as an AF_INET socket answers
+ * them (devinet_ioctl), from getifaddrs() (netlink: no inet socket is made).
+ * @param req one of the four
+ * @param ifr the caller's struct ifreq: ifr_name in, ifr_addr out
+ * @return 0; -ENODEV (no such interface), -EADDRNOTAVAIL (no IPv4 address), -errno
+ */
+static int mw_ifaddr_query(unsigned long req, struct ifreq *ifr)
+{
+    struct ifaddrs *list;
+    struct sockaddr_in out = { .sin_family = AF_INET };
+    char name[IFNAMSIZ + 1];
+    bool known = false;
+    int ret = -EADDRNOTAVAIL;
+
+    memcpy(name, ifr->ifr_name, IFNAMSIZ);
+    name[IFNAMSIZ] = '\0';
+    if (getifaddrs(&list) < 0)
+        return -errno;
+    for (struct ifaddrs *ifa = list; ifa != NULL; ifa = ifa->ifa_next) {
+        const struct sockaddr *src = NULL;
+        size_t base = strcspn(name, ":");
+
+        if (strncmp(ifa->ifa_name, name, base) == 0 &&
+            (ifa->ifa_name[base] == '\0' || ifa->ifa_name[base] == ':'))
+            known = true;       /* the device exists (its label may differ) */
+        if (strcmp(ifa->ifa_name, name) != 0 || ifa->ifa_addr == NULL ||
+            ifa->ifa_addr->sa_family != AF_INET)
+            continue;
+        if (req == SIOCGIFADDR)
+            src = ifa->ifa_addr;
+        else if (req == SIOCGIFNETMASK)
+            src = ifa->ifa_netmask;
+        else if (req == SIOCGIFBRDADDR)
+            src = (ifa->ifa_flags & IFF_BROADCAST) ? ifa->ifa_broadaddr : NULL;
+        else            /* the peer of a point-to-point link, else the local address */
+            src = (ifa->ifa_flags & IFF_POINTOPOINT) ? ifa->ifa_dstaddr : ifa->ifa_addr;
+        if (src != NULL && src->sa_family == AF_INET)
+            memcpy(&out, src, sizeof(out));
+        memcpy(&ifr->ifr_addr, &out, sizeof(out));
+        ret = 0;
+        break;
+    }
+    freeifaddrs(list);
+    return known ? ret : -ENODEV;
+}
+
 static int mw_ioctl(int fd, unsigned long req, void *arg)
 {
     struct mw_fd e;
@@ -1746,17 +1833,17 @@ static int mw_ioctl(int fd, unsigned long req, void *arg)
         return libc_ioctl(fd, req, arg);
     switch (req) {
     case FIONREAD:
-        /* bytes already in the socketpair: what read() can return now */
-        ret = libc_ioctl(fd, req, arg);
-        if (ret == 0 && e.type == SOCK_DGRAM && arg != NULL) {
+        if (e.type == SOCK_DGRAM) {
             int v;
 
-            /* a SEQPACKET end reports its next packet: strip the datagram header */
-            memcpy(&v, arg, sizeof(v));
-            v = v >= (int)sizeof(struct mwl_dgram) ? v - (int)sizeof(struct mwl_dgram) : 0;
+            if (arg == NULL)
+                return mw_fail(-EFAULT);
+            v = mw_dgram_next_len(fd);
             memcpy(arg, &v, sizeof(v));
             return 0;
         }
+        /* bytes already in the socketpair: what read() can return now */
+        ret = libc_ioctl(fd, req, arg);
         if (ret < 0)
             return ret;
         /* stream: plus what mwcommsd's ring and the INS socket hold */
@@ -1785,11 +1872,15 @@ static int mw_ioctl(int fd, unsigned long req, void *arg)
         /* interface queries (SIOCGIF*) are answered by the local kernel on any socket, the
          * socketpair end included: they read, never reach the network; setters are refused */
         if ((req == SIOCGIFNAME || req == SIOCGIFCONF || req == SIOCGIFFLAGS ||
-             req == SIOCGIFADDR || req == SIOCGIFDSTADDR || req == SIOCGIFBRDADDR ||
-             req == SIOCGIFNETMASK || req == SIOCGIFMETRIC || req == SIOCGIFMTU ||
-             req == SIOCGIFHWADDR || req == SIOCGIFINDEX || req == SIOCGIFTXQLEN ||
-             req == SIOCGIFMAP))
+             req == SIOCGIFMETRIC || req == SIOCGIFMTU || req == SIOCGIFHWADDR ||
+             req == SIOCGIFINDEX || req == SIOCGIFTXQLEN || req == SIOCGIFMAP))
             return libc_ioctl(fd, req, arg);
+        /* the IPv4 address queries belong to inet sockets (X is AF_UNIX: ENOTTY) */
+        if (req == SIOCGIFADDR || req == SIOCGIFDSTADDR || req == SIOCGIFBRDADDR ||
+            req == SIOCGIFNETMASK) {
+            ret = arg == NULL ? -EFAULT : mw_ifaddr_query(req, arg);
+            return ret < 0 ? mw_fail(ret) : 0;
+        }
         mw_log("ioctl 0x%lx on a forwarded socket is refused", req);
         return mw_fail(-EPERM);
     }
@@ -2784,20 +2875,33 @@ MW_PUBLIC int getnameinfo(const struct sockaddr *sa, socklen_t sl, char *h, sock
 {
     return mw_getnameinfo(sa, sl, h, hl, s, svl, f);
 }
+/* glibc's _r forms set h_errno too when they fail (callers such as CPython read it) */
 MW_PUBLIC int gethostbyname2_r(const char *name, int af, struct hostent *he, char *buf,
                                size_t buflen, struct hostent **result, int *herr)
 {
-    return mw_gethostbyname2_r(name, af, he, buf, buflen, result, herr);
+    int ret = mw_gethostbyname2_r(name, af, he, buf, buflen, result, herr);
+
+    if (*result == NULL)
+        h_errno = *herr;
+    return ret;
 }
 MW_PUBLIC int gethostbyname_r(const char *name, struct hostent *he, char *buf, size_t buflen,
                               struct hostent **result, int *herr)
 {
-    return mw_gethostbyname2_r(name, AF_INET, he, buf, buflen, result, herr);
+    int ret = mw_gethostbyname2_r(name, AF_INET, he, buf, buflen, result, herr);
+
+    if (*result == NULL)
+        h_errno = *herr;
+    return ret;
 }
 MW_PUBLIC int gethostbyaddr_r(const void *addr, socklen_t len, int type, struct hostent *he,
                               char *buf, size_t buflen, struct hostent **result, int *herr)
 {
-    return mw_gethostbyaddr_r(addr, len, type, he, buf, buflen, result, herr);
+    int ret = mw_gethostbyaddr_r(addr, len, type, he, buf, buflen, result, herr);
+
+    if (*result == NULL)
+        h_errno = *herr;
+    return ret;
 }
 MW_PUBLIC struct hostent *gethostbyname2(const char *name, int af)
 {

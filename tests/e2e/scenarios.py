@@ -354,9 +354,460 @@ def resolve():
     rec("getnameinfo", socket.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV))
 
 
+# ------------------------------------------------------------------------------------------
+# Call families Python's socket module does not reach: through ctypes, so that the calls go
+# to libc's (the shim's) functions exactly as a C program's would.
+import ctypes
+import fcntl
+import signal
+import threading
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_Iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+def _sin(host, port):
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(host) + \
+        bytes(8)
+
+
+def _sin_parse(raw):
+    return (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
+
+
+def _errno_name():
+    return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+
+
+def _mmsgs(payloads=None, nbufs=0, bufsize=0, dest=None):
+    """An mmsghdr vector (and what keeps its buffers alive): one message per payload (each a
+    list of iovec byte strings) to send to dest, or nbufs empty ones of bufsize to receive."""
+    keep = []
+    count = len(payloads) if payloads is not None else nbufs
+    vec = (_Mmsghdr * count)()
+    for i in range(count):
+        parts = payloads[i] if payloads is not None else [bytes(bufsize)]
+        iov = (_Iovec * len(parts))()
+        for j, part in enumerate(parts):
+            buf = ctypes.create_string_buffer(part, len(part) or 1)
+            keep.append(buf)
+            iov[j].iov_base, iov[j].iov_len = ctypes.cast(buf, ctypes.c_void_p), len(part)
+        keep.append(iov)
+        h = vec[i].msg_hdr
+        h.msg_iov, h.msg_iovlen = iov, len(parts)
+        name = ctypes.create_string_buffer(dest if dest else bytes(16), 16)
+        keep.append(name)
+        h.msg_name, h.msg_namelen = ctypes.cast(name, ctypes.c_void_p), 16 if (dest or
+                                                                                payloads is None) else 0
+        if payloads is not None and dest is None:
+            h.msg_name, h.msg_namelen = None, 0
+    return vec, keep
+
+
+def _mmsg_got(vec, keep, n):
+    out = []
+    for i in range(max(n, 0)):
+        h = vec[i].msg_hdr
+        data = ctypes.string_at(h.msg_iov[0].iov_base, min(vec[i].msg_len, h.msg_iov[0].iov_len))
+        src = addr(_sin_parse(ctypes.string_at(h.msg_name, 16))) if h.msg_namelen else None
+        out.append([vec[i].msg_len, data.decode(), src, h.msg_flags & socket.MSG_TRUNC != 0])
+    return out
+
+
+def mmsg():
+    """sendmmsg/recvmmsg on datagram sockets (names, lengths, MSG_TRUNC, EAGAIN) and on a
+    stream socket."""
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("127.0.0.1", 0))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port_name(r.getsockname()[1])
+    port_name(s.getsockname()[1])
+    vec, keep = _mmsgs([[b"one"], [b"tw", b"o!"], [b"three-is-long"]],
+                       dest=_sin("127.0.0.1", r.getsockname()[1]))
+    n = LIBC.sendmmsg(s.fileno(), vec, 3, 0)
+    rec("sendmmsg", n if n >= 0 else _errno_name(), lens=[vec[i].msg_len for i in range(3)])
+    time.sleep(0.2)
+    vec, keep = _mmsgs(nbufs=4, bufsize=8)
+    n = LIBC.recvmmsg(r.fileno(), vec, 4, socket.MSG_DONTWAIT, None)
+    rec("recvmmsg", n if n >= 0 else _errno_name(), got=_mmsg_got(vec, keep, n))
+    n = LIBC.recvmmsg(r.fileno(), vec, 4, socket.MSG_DONTWAIT, None)
+    rec("recvmmsg-empty", n if n >= 0 else _errno_name())
+    # MSG_WAITFORONE: block for the first, then take what is there
+    s.sendto(b"late", r.getsockname())
+    n = LIBC.recvmmsg(r.fileno(), vec, 4, 0x10000, None)     # MSG_WAITFORONE
+    rec("recvmmsg-waitforone", n if n >= 0 else _errno_name(), got=_mmsg_got(vec, keep, n))
+    # connected: no names
+    s.connect(r.getsockname())
+    vec, keep = _mmsgs([[b"c1"], [b"c2"]])
+    n = LIBC.sendmmsg(s.fileno(), vec, 2, 0)
+    rec("sendmmsg-connected", n if n >= 0 else _errno_name())
+    rec("recv-connected", [r.recv(10).decode(), r.recv(10).decode()])
+    # a stream socket: each message in turn
+    srv, c, a, _ = pair()
+    vec, keep = _mmsgs([[b"abc"], [b"de", b"f"]])
+    n = LIBC.sendmmsg(c.fileno(), vec, 2, 0)
+    rec("sendmmsg-stream", n if n >= 0 else _errno_name(), lens=[vec[i].msg_len for i in range(2)])
+    time.sleep(0.2)
+    vec, keep = _mmsgs(nbufs=2, bufsize=4)
+    n = LIBC.recvmmsg(a.fileno(), vec, 2, socket.MSG_DONTWAIT, None)
+    rec("recvmmsg-stream", n if n >= 0 else _errno_name(),
+        got=[[vec[i].msg_len, ctypes.string_at(vec[i].msg_hdr.msg_iov[0].iov_base,
+                                               vec[i].msg_len).decode()] for i in range(max(n, 0))])
+    for x in (r, s, srv, c, a):
+        x.close()
+
+
+SIOCGIFNAME, SIOCGIFFLAGS, SIOCGIFADDR, SIOCGIFNETMASK = 0x8910, 0x8913, 0x8915, 0x891b
+SIOCGIFMTU, SIOCGIFINDEX, SIOCOUTQ, FIONBIO = 0x8921, 0x8933, 0x5411, 0x5421
+
+
+def _ifreq(name=b"lo", index=0):
+    return struct.pack("16si20x", name, index)
+
+
+def ioctls():
+    """FIONREAD (stream and datagram), SIOCOUTQ, FIONBIO, and the interface queries apps make
+    about loopback."""
+    srv, c, a, _ = pair()
+    c.sendall(b"x" * 100)
+    select.select([a], [], [], 5)
+    time.sleep(0.2)
+    rec("fionread-stream", struct.unpack("i", fcntl.ioctl(a, termios_FIONREAD, b"\0" * 4))[0])
+    a.recv(40)
+    rec("fionread-after-40", struct.unpack("i", fcntl.ioctl(a, termios_FIONREAD, b"\0" * 4))[0])
+    rec("siocoutq", struct.unpack("i", fcntl.ioctl(c, SIOCOUTQ, b"\0" * 4))[0])
+    fcntl.ioctl(a, FIONBIO, struct.pack("i", 1))
+    a.recv(60)
+    call("fionbio-recv-empty", a.recv, 10)
+    fcntl.ioctl(a, FIONBIO, struct.pack("i", 0))
+    rec("fionbio-cleared", bool(fcntl.fcntl(a, fcntl.F_GETFL) & os.O_NONBLOCK))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    rec("fionread-dgram-empty", struct.unpack("i", fcntl.ioctl(u, termios_FIONREAD, b"\0" * 4))[0])
+    c2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c2.sendto(b"12345", u.getsockname())
+    c2.sendto(b"1234567", u.getsockname())
+    select.select([u], [], [], 5)
+    time.sleep(0.2)
+    rec("fionread-dgram-first", struct.unpack("i", fcntl.ioctl(u, termios_FIONREAD, b"\0" * 4))[0])
+    # interface queries, on an inet socket (forwarded under the shim)
+    idx = struct.unpack("16si20x", fcntl.ioctl(a, SIOCGIFINDEX, _ifreq()))[1]
+    rec("siocgifindex-lo", idx)
+    rec("siocgifname", struct.unpack("16s24x", fcntl.ioctl(a, SIOCGIFNAME, _ifreq(b"", idx)))[0]
+        .rstrip(b"\0").decode())
+    flags = struct.unpack("16sH22x", fcntl.ioctl(a, SIOCGIFFLAGS, _ifreq()))[1]
+    rec("siocgifflags-lo-up-loopback", [bool(flags & 1), bool(flags & 8)])
+    rec("siocgifaddr-lo", socket.inet_ntoa(fcntl.ioctl(a, SIOCGIFADDR, _ifreq())[20:24]))
+    rec("siocgifnetmask-lo", socket.inet_ntoa(fcntl.ioctl(a, SIOCGIFNETMASK, _ifreq())[20:24]))
+    rec("siocgifmtu-lo", struct.unpack("16si20x", fcntl.ioctl(a, SIOCGIFMTU, _ifreq()))[1])
+    call("siocgifindex-missing", lambda: fcntl.ioctl(a, SIOCGIFINDEX, _ifreq(b"nosuchif0")))
+    for x in (srv, c, a, u, c2):
+        x.close()
+
+
+termios_FIONREAD = 0x541B
+EAI = {getattr(socket, n): n for n in dir(socket) if n.startswith("EAI_")}
+
+
+def callv(what, fn):
+    """Record what fn returned (lists and strings whole), or the errno / EAI / h_errno name
+    it raised."""
+    try:
+        r = fn()
+    except socket.gaierror as e:
+        rec(what, error=EAI.get(e.errno, str(e.errno)))
+    except socket.herror as e:
+        rec(what, error=f"h_errno {e.errno}")
+    except OSError as e:
+        rec(what, error=errno.errorcode.get(e.errno, str(e.errno)))
+    else:
+        rec(what, r)
+
+
+def gai(what, *args, **kw):
+    """Record getaddrinfo's answer (family, type, proto, canonname, address) or EAI name."""
+    try:
+        r = socket.getaddrinfo(*args, **kw)
+    except socket.gaierror as e:
+        rec(what, error=EAI.get(e.errno, str(e.errno)))
+        return
+    rec(what, sorted([f, t, p, cn, list(a[:2])] for f, t, p, cn, a in r))
+
+
+def resolve_flags():
+    """getaddrinfo flags and hints, getnameinfo flags, gethostbyname_ex, gethostbyaddr."""
+    gai("canonname", "localhost", None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+    gai("passive-v4", None, "80", socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    gai("passive-v6", None, "80", socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    gai("null-host-v4", None, "80", socket.AF_INET, socket.SOCK_STREAM)
+    gai("numerichost-name", "localhost", 80, 0, 0, 0, socket.AI_NUMERICHOST)
+    gai("numerichost-v6", "::1", 80, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    gai("numericserv-name", "127.0.0.1", "http", 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICSERV)
+    gai("service-udp", "localhost", "domain", socket.AF_INET, socket.SOCK_DGRAM)
+    gai("no-such-service", "localhost", "no-such-service")
+    gai("all-types", "127.0.0.1", 80)
+    gai("family-unix", "localhost", 80, socket.AF_UNIX)
+    gai("stream-with-udp", "localhost", 80, socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_UDP)
+    gai("v6-of-a-v4-only-name", "localhost", 80, socket.AF_INET6, socket.SOCK_STREAM)
+    gai("v4mapped", "localhost", 80, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_V4MAPPED)
+    gai("addrconfig", "localhost", 80, 0, socket.SOCK_STREAM, 0, socket.AI_ADDRCONFIG)
+    gai("alias", "vm", 80, socket.AF_INET, socket.SOCK_STREAM)
+    callv("getnameinfo-names", lambda: list(socket.getnameinfo(("127.0.0.1", 80), 0)))
+    callv("getnameinfo-dgram", lambda: list(socket.getnameinfo(("127.0.0.1", 53), socket.NI_DGRAM)))
+    callv("getnameinfo-numericserv",
+         lambda: list(socket.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICSERV)))
+    callv("getnameinfo-v6-numeric",
+         lambda: list(socket.getnameinfo(("::1", 80, 0, 0), socket.NI_NUMERICHOST)))
+    callv("gethostbyname_ex", lambda: list(socket.gethostbyname_ex("localhost")))
+    callv("gethostbyaddr", lambda: list(socket.gethostbyaddr("127.0.0.1")))
+    callv("gethostbyname-bad", lambda: socket.gethostbyname("no-such-host.invalid"))
+    callv("gethostbyaddr-unknown", lambda: list(socket.gethostbyaddr("127.0.0.2")))
+    callv("getnameinfo-namereqd",
+          lambda: list(socket.getnameinfo(("127.0.0.2", 80), socket.NI_NAMEREQD)))
+
+
+def fd_calls():
+    """fcntl F_DUPFD_CLOEXEC / F_DUPFD / F_SETFL through a copy, close_range (plain and
+    CLOSE_RANGE_CLOEXEC), os.closerange of the last copies: the peer sees EOF."""
+    srv, c, a, _ = pair()
+    d = fcntl.fcntl(c.fileno(), fcntl.F_DUPFD_CLOEXEC, 50)
+    rec("dupfd_cloexec-at-least-50", d >= 50)
+    rec("dupfd_cloexec-flag", fcntl.fcntl(d, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+    rec("original-flag", fcntl.fcntl(c.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+    d2 = fcntl.fcntl(c.fileno(), fcntl.F_DUPFD, 60)
+    rec("dupfd-flag", [d2 >= 60, fcntl.fcntl(d2, fcntl.F_GETFD) & fcntl.FD_CLOEXEC])
+    rec("write-through-copy", os.write(d, b"via dup"))
+    rec("peer-reads", a.recv(100).decode())
+    ds = socket.socket(fileno=os.dup(d))
+    rec("copy-peer-name", addr(ds.getpeername()) == addr(c.getpeername()))
+    ds.close()
+    fcntl.fcntl(d, fcntl.F_SETFL, fcntl.fcntl(d, fcntl.F_GETFL) | os.O_NONBLOCK)
+    rec("nonblock-shared", bool(fcntl.fcntl(c.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK))
+    rec("recv-raw-empty", LIBC.recv(c.fileno(), ctypes.create_string_buffer(10), 10, 0),
+        errno=_errno_name())
+    fcntl.fcntl(d, fcntl.F_SETFL, fcntl.fcntl(d, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    rec("close_range-one", LIBC.close_range(d, d, 0))
+    call("closed-copy", fcntl.fcntl, d, fcntl.F_GETFD)
+    rec("original-still-works", [c.send(b"still"), a.recv(100).decode()])
+    rec("close_range-cloexec", LIBC.close_range(d2, d2, 4))          # CLOSE_RANGE_CLOEXEC
+    rec("cloexec-set", fcntl.fcntl(d2, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+    rec("cloexec-copy-works", [os.write(d2, b"cx"), a.recv(10).decode()])
+    # the last copies, moved next to each other, closed by os.closerange (close_range(2)):
+    # the peer sees end of file
+    fd = c.detach()
+    for src, dst in ((fd, 200), (d2, 201)):
+        os.dup2(src, dst)
+        os.close(src)
+    rec("moved-copy-works", [os.write(201, b"mv"), a.recv(10).decode()])
+    os.closerange(200, 202)
+    rec("closed-by-closerange", [_is_open(200), _is_open(201)])
+    a.settimeout(5)
+    call("peer-eof", lambda: a.recv(10) == b"")
+    for x in (srv, a):
+        x.close()
+
+
+def _is_open(fd):
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+        return True
+    except OSError:
+        return False
+
+
+def accept_timeout():
+    """SO_RCVTIMEO on a listening socket bounds a blocking accept (EAGAIN), SO_SNDTIMEO and
+    SO_RCVTIMEO read back, then a pending connection is accepted."""
+    srv = listener()
+    tv = struct.pack("ll", 0, 300000)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    rec("rcvtimeo-read-back", struct.unpack("ll", srv.getsockopt(socket.SOL_SOCKET,
+                                                                 socket.SO_RCVTIMEO, 16)))
+    t = time.monotonic()
+    call("accept-times-out", srv.accept)
+    rec("accept-waited", 0.25 <= time.monotonic() - t < 3)
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 500000))
+    rec("sndtimeo-read-back", struct.unpack("ll", c.getsockopt(socket.SOL_SOCKET,
+                                                               socket.SO_SNDTIMEO, 16)))
+    c.connect(srv.getsockname())
+    a, _ = srv.accept()
+    rec("accepted-after-timeout", addr(a.getpeername()) == addr(c.getsockname()))
+    rec("accepted-inherits-rcvtimeo", struct.unpack("ll", a.getsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)))
+    for x in (srv, c, a):
+        x.close()
+
+
+def eintr():
+    """A signal handler and blocking calls: without SA_RESTART recv, recvfrom and accept fail
+    with EINTR; with SA_RESTART they go on and return what comes later."""
+    fired = []
+    signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    srv, c, a, _ = pair()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    buf = ctypes.create_string_buffer(100)
+
+    def raw(what, fn, *args):
+        del fired[:]
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        r = fn(*args)
+        rec(what, r if r < 0 else "ok", errno=_errno_name() if r < 0 else None,
+            handler_ran=bool(fired))
+
+    def later(fn, delay=0.6):
+        def run():
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            time.sleep(delay)
+            fn()
+        t = threading.Thread(target=run)
+        t.start()
+        return t
+
+    signal.siginterrupt(signal.SIGALRM, True)
+    raw("recv-eintr", LIBC.recv, a.fileno(), buf, 100, 0)
+    raw("recvfrom-eintr", LIBC.recvfrom, u.fileno(), buf, 100, 0, None, None)
+    raw("accept-eintr", LIBC.accept, srv.fileno(), None, None)
+    signal.siginterrupt(signal.SIGALRM, False)           # SA_RESTART
+    t = later(lambda: c.send(b"late data"))
+    raw("recv-restarted", LIBC.recv, a.fileno(), buf, 100, 0)
+    rec("recv-restarted-data", buf.value.decode())
+    t.join()
+    c2 = socket.socket()
+    t = later(lambda: c2.connect(srv.getsockname()))
+    del fired[:]
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    fd = LIBC.accept(srv.fileno(), None, None)
+    rec("accept-restarted", fd >= 0, handler_ran=bool(fired))
+    t.join()
+    if fd >= 0:
+        os.close(fd)
+    for x in (srv, c, a, u, c2):
+        x.close()
+
+
+def _opt(what, sock, level, name, size=0):
+    try:
+        v = sock.getsockopt(level, name, size) if size else sock.getsockopt(level, name)
+    except OSError as e:
+        rec(what, error=errno.errorcode.get(e.errno, str(e.errno)))
+        return
+    rec(what, list(struct.unpack("ii", v)) if size == 8 else v)
+
+
+def sockopts():
+    """setsockopt/getsockopt round trips that apps make, the local facts (type, domain,
+    protocol, listening), options of accepted sockets, socketpair of inet."""
+    srv = listener()
+    _opt("acceptconn-listener", srv, socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    _opt("reuseaddr", srv, socket.SOL_SOCKET, socket.SO_REUSEADDR)
+    s = socket.socket()
+    for what, level, name, value in (
+            ("keepalive", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            ("nodelay", socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            ("keepidle", socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30),
+            ("ttl", socket.IPPROTO_IP, socket.IP_TTL, 17),
+            ("tos", socket.IPPROTO_IP, socket.IP_TOS, 0x10),
+            ("rcvbuf", socket.SOL_SOCKET, socket.SO_RCVBUF, 65536),
+            ("sndbuf", socket.SOL_SOCKET, socket.SO_SNDBUF, 32768),
+            ("reuseport", socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)):
+        _opt(what + "-default", s, level, name)
+        call(what + "-set", s.setsockopt, level, name, value)
+        _opt(what, s, level, name)
+    call("linger-set", s.setsockopt, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 5))
+    _opt("linger", s, socket.SOL_SOCKET, socket.SO_LINGER, 8)
+    for what, name in (("type", socket.SO_TYPE), ("domain", socket.SO_DOMAIN),
+                       ("protocol", socket.SO_PROTOCOL), ("acceptconn", socket.SO_ACCEPTCONN),
+                       ("error", socket.SO_ERROR)):
+        _opt(what, s, socket.SOL_SOCKET, name)
+    call("bad-level", s.getsockopt, 9999, 1)
+    call("set-bad-level", s.setsockopt, 9999, 1, 1)
+    call("udp-level-on-tcp", s.getsockopt, socket.IPPROTO_UDP, 1)
+    call("ipv6-level-on-ipv4", s.getsockopt, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    call("bad-option", s.getsockopt, socket.SOL_SOCKET, 9999)
+    call("set-bad-length", s.setsockopt, socket.SOL_SOCKET, socket.SO_KEEPALIVE, b"\1")
+    s.connect(srv.getsockname())
+    a, _ = srv.accept()
+    _opt("accepted-acceptconn", a, socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    _opt("accepted-type", a, socket.SOL_SOCKET, socket.SO_TYPE)
+    _opt("connected-nodelay", s, socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    _opt("connected-maxseg-positive", s, socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    call("tcp-level-on-udp", u4.getsockopt, socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    call("set-tcp-level-on-udp", u4.setsockopt, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    u4.close()
+    _opt("udp6-type", u, socket.SOL_SOCKET, socket.SO_TYPE)
+    call("udp6-bad-level", u.getsockopt, 9999, 1)
+    _opt("udp6-protocol", u, socket.SOL_SOCKET, socket.SO_PROTOCOL)
+    _opt("v6only-default", u, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    call("v6only-set", u.setsockopt, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    _opt("v6only", u, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    call("broadcast-set", u.setsockopt, socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    _opt("broadcast", u, socket.SOL_SOCKET, socket.SO_BROADCAST)
+    call("socketpair-inet", socket.socketpair, socket.AF_INET, socket.SOCK_STREAM)
+    for x in (srv, s, a, u):
+        x.close()
+
+
+def rw_calls():
+    """read/write/readv/writev/recv_into on stream and datagram sockets (the datagram header
+    is the shim's business on every path), sendto on a connected UDP socket, zero-length
+    datagrams."""
+    srv, c, a, _ = pair()
+    rec("write", os.write(c.fileno(), b"written"))
+    rec("read", os.read(a.fileno(), 100).decode())
+    rec("writev", os.writev(c.fileno(), [b"ab", b"", b"cde", b"f"]))
+    time.sleep(0.1)
+    bufs = [bytearray(2), bytearray(10)]
+    rec("readv", [os.readv(a.fileno(), bufs), bytes(bufs[0]).decode(), bytes(bufs[1]).decode()])
+    c.sendall(b"into")
+    b = bytearray(10)
+    rec("recv_into", [a.recv_into(b, 3), bytes(b[:3]).decode()])
+    rec("recv-rest", a.recv(10).decode())
+    c.close()
+    rec("read-eof", os.read(a.fileno(), 10))
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.bind(("127.0.0.1", 0))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(r.getsockname())
+    rec("dgram-write", os.write(u.fileno(), b"w-dgram"))
+    rec("dgram-read", os.read(r.fileno(), 100).decode())
+    rec("dgram-writev", os.writev(u.fileno(), [b"v1", b"v2"]))
+    bufs = [bytearray(3), bytearray(3)]
+    rec("dgram-readv", [os.readv(r.fileno(), bufs), bytes(bufs[0]).decode(),
+                        bytes(bufs[1]).decode()])
+    rec("dgram-zero", u.send(b""))
+    rec("dgram-read-zero", os.read(r.fileno(), 10))
+    rec("dgram-read-small", [u.send(b"0123456789"), os.read(r.fileno(), 4).decode()])
+    call("dgram-nothing-left", r.recv, 10, socket.MSG_DONTWAIT)
+    call("sendto-other-on-connected", u.sendto, b"elsewhere", r.getsockname())
+    rec("recvfrom-it", [r.recvfrom(20)[0].decode()])
+    call("dgram-too-big", u.send, b"x" * 65508)
+    for x in (srv, a, r, u):
+        x.close()
+
+
 SCENARIOS = {f.__name__: f for f in (tcp_basic, tcp_ipv6, errors, unconnected, nonblocking_connect, accept4_flags,
                                       msg_flags, udp, udp_refused, big_transfer, dup_close, fork_child,
-                                      exec_child, resolve)}
+                                      exec_child, resolve, mmsg, ioctls, resolve_flags, fd_calls,
+                                      accept_timeout, eintr, sockopts, rw_calls)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]]()

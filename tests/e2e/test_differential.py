@@ -18,7 +18,8 @@ SCENARIOS = os.path.join(HERE, "scenarios.py")
 MWCOMMS = os.path.join(os.path.dirname(sys.executable), "mwcomms")
 NAMES = ["tcp_basic", "tcp_ipv6", "errors", "nonblocking_connect", "accept4_flags", "msg_flags",
          "udp", "big_transfer", "dup_close", "fork_child", "exec_child", "resolve",
-         "unconnected", "udp_refused"]
+         "unconnected", "udp_refused", "mmsg", "ioctls", "resolve_flags", "fd_calls",
+         "accept_timeout", "eintr", "sockopts", "rw_calls"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                                 reason="needs root and unshare(1): the native runs and the INS "
