@@ -13,6 +13,9 @@ command -v cpio >/dev/null || need="$need cpio"
 command -v curl >/dev/null || need="$need curl"
 command -v ip >/dev/null || need="$need iproute2"
 command -v unshare >/dev/null || need="$need util-linux"
+# mwctl: tshark reads `mwctl trace --pcap` files back with the shipped dissector (18 packages,
+# no GUI; its debconf question is answered by the noninteractive frontend)
+command -v tshark >/dev/null || need="$need tshark"
 [ -n "$need" ] || exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "install-deps: apt-get install$need"

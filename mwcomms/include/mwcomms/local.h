@@ -55,6 +55,7 @@ enum mwl_op {
     MWL_STATUS = 17,      /* pending error and state of a socket (SO_ERROR, read after EOF) */
     MWL_OP_MAX_ = 18
 };
+/* Ops 64..66 are mwctl's introspection ops (mwcomms/introspect.h); the shim never sends them. */
 
 struct mwl_hdr {
     uint32_t len;         /* bytes of the whole message, header included */
