@@ -393,21 +393,20 @@ CASES = [
 # --- the machine and the run ---------------------------------------------------------------
 
 def _proc_cpu(pid: int) -> tuple[float, int]:
-    """User + system CPU seconds a process (all its threads) has used, and its context
-    switches (voluntary + involuntary, all threads); zeros when it is gone."""
+    """CPU seconds a process has used (all its threads, from schedstat: nanoseconds, not
+    ticks) and its context switches (voluntary + involuntary); zeros when it is gone."""
+    cpu, switches = 0.0, 0
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        switches = 0
         for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                cpu += int(f.read().split()[0]) / 1e9
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
                     if "ctxt_switches:" in line:
                         switches += int(line.split()[1])
-        return cpu, switches
     except (FileNotFoundError, ProcessLookupError, IndexError):
-        return 0.0, 0
+        pass
+    return cpu, switches
 
 
 def _cpu(side: Side) -> dict:
