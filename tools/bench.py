@@ -466,6 +466,28 @@ class LoadSampler:
                 "end": list(os.getloadavg())}
 
 
+def ring_reference(env: dict, round_trips: int) -> dict:
+    """What one shared-memory ring costs on this machine now, without sockets: the link probe
+    of `make demo` (a frontend and an INS process over the sim platform), one PING at a time
+    with both sides sleeping on the doorbell, then spinning 20 us before sleeping. The
+    forwarded round trip crosses two such ring round trips (plus the socketpairs)."""
+    out = {}
+    for name, spin in (("sleep", 0), ("spin20us", 20000)):
+        try:
+            p = subprocess.run([sys.executable, "-m", "mwcomms.tools.demo", "--link-only",
+                                f"--round-trips={round_trips}", "--pings=100000",
+                                f"--bytes={1 << 27}", f"--spin-ns={spin}"],
+                               capture_output=True, text=True, timeout=120, env=env)
+        except subprocess.TimeoutExpired:
+            continue
+        for line in p.stdout.splitlines():
+            if "round trip, one PING at a time:" in line:
+                out[f"ring_rtt_{name}_us"] = float(line.split(":")[1].split()[0])
+            elif "byte stream:" in line:
+                out[f"ring_stream_{name}_gb_per_s"] = float(line.split(":")[1].split()[0])
+    return out
+
+
 def compile_mwload(out_dir: str) -> str:
     src = resources.files("mwcomms.tools") / "bench" / "mwload.c"
     exe = os.path.join(out_dir, "bin", "mwload")
@@ -475,14 +497,31 @@ def compile_mwload(out_dir: str) -> str:
     return exe
 
 
+def _raise_nofile(want: int) -> None:
+    """Let this process, and so the daemons `mwcomms up` starts, hold @want fds: each
+    forwarded socket is one fd in mwcommsd and one in the INS (root may raise the hard
+    limit; otherwise as far as it goes)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    for limits in ((want, max(hard, want)), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (ValueError, OSError):
+            continue
+
+
 class Backbone:
     """`mwcomms up` in a private run directory for the bench's lifetime, then `down`."""
 
-    def __init__(self, env: dict):
+    def __init__(self, env: dict, nofile: int = 0):
         self.env = env
+        self.nofile = nofile
         self.dir = tempfile.mkdtemp(prefix="mwbench", dir="/tmp")
 
     def __enter__(self) -> "Backbone":
+        _raise_nofile(self.nofile)
         up = subprocess.run([MWCOMMS, "--dir", self.dir, "up"], capture_output=True, text=True,
                             timeout=120, env=self.env)
         if up.returncode != 0:
@@ -582,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     mwload = compile_mwload(args.out)
     started = time.time()
     rows: list[dict] = []
-    with LoadSampler() as load, Backbone(env) as bb:
+    reference = ring_reference(env, max(1000, p.rr_count // 2))
+    with LoadSampler() as load, Backbone(env, nofile=4 * p.conns + 4096) as bb:
         sides = [native_side(env), forwarded_side(bb.dir, env)]
         for s in sides:
             s.mwload = mwload
@@ -616,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             status = f"{len(errors)} failed runs: {errors[0]}" if errors else "ok"
             print(f"  {case.name}: {time.monotonic() - t0:.1f} s, {status}", flush=True)
     result = {"machine": machine(), "load_average": load.summary(), "started": started,
-              "start_overhead": {s.name: s.overhead for s in sides},
+              "start_overhead": {s.name: s.overhead for s in sides}, "reference": reference,
               "seconds": time.time() - started, "mode": "smoke" if args.smoke else
               "quick" if args.quick else "full", "backend": "sim", "repeats": p.repeats,
               "params": p.__dict__, "cases": rows}

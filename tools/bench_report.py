@@ -96,6 +96,13 @@ def table(result: dict) -> str:
         notes += ["", "Cost per operation (median of runs): CPU time and context switches",
                   f"  {'case':<11} {'op':<11} {'native programs':>20} | {'forwarded programs':>20}"
                   f" | {'mwcommsd':>20} | {'INS':>20}"] + cpu
+    ref = result.get("reference") or {}
+    if "ring_rtt_sleep_us" in ref:
+        notes += ["", "Reference, this machine now (make demo's link probe, no sockets): one ring "
+                  f"round trip {ref['ring_rtt_sleep_us']:.2f} us with both sides sleeping on the "
+                  f"doorbell, {ref.get('ring_rtt_spin20us_us', float('nan')):.2f} us spinning 20 us "
+                  "first; a forwarded round trip crosses two ring round trips and four socketpair "
+                  "hops."]
     if notes:
         out += [""] + notes
     return "\n".join(out)
