@@ -26,20 +26,27 @@ N_OUT, N_IN = 70_001, 123_457
 
 @pytest.fixture(scope="module")
 def backbone():
+    """A backbone of its own. test_asan.py sets MWCTL_TEST_DAEMON_PRELOAD (libraries preloaded
+    into the daemons only: the sanitizers' runtimes) and MWCTL_TEST_RUN_BASE (where the run
+    directory goes, kept afterwards so that their logs can be read)."""
     if not (os.path.exists(MWCOMMS) and os.path.exists(MWCTL)):
         pytest.skip("the mwcomms and mwctl console scripts are not installed")
-    # Not under pytest's 0700 tree: the rights test runs mwctl as another user.
-    run_dir = tempfile.mkdtemp(prefix="mwctl-test-")
+    base = os.environ.get("MWCTL_TEST_RUN_BASE")
+    run_dir = tempfile.mkdtemp(prefix="mwctl-test-", dir=base)
     os.chmod(run_dir, 0o755)
+    env = dict(os.environ)
+    if os.environ.get("MWCTL_TEST_DAEMON_PRELOAD"):
+        env["LD_PRELOAD"] = os.environ["MWCTL_TEST_DAEMON_PRELOAD"]
     up = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
-                        stdin=subprocess.DEVNULL, timeout=120)
+                        stdin=subprocess.DEVNULL, timeout=120, env=env)
     if up.returncode != 0:
         subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
         shutil.rmtree(run_dir, ignore_errors=True)
         pytest.fail(f"mwcomms up failed ({up.returncode}): {up.stdout}{up.stderr}")
     yield run_dir
     subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not base:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def mwctl(run_dir, *argv, timeout=30, **kw):
@@ -319,6 +326,7 @@ def test_rights_of_other_users(backbone):
     if os.getuid() != 0:
         pytest.skip("needs root to act as another user")
     from mwcomms.tools.mwctl import Control
+    from mwcomms.tools import codec  # noqa: F401  (imported here: the child may not read it)
     control = json.load(open(f"{backbone}/state.json"))["control"]
     t = Talker(backbone)
     try:
