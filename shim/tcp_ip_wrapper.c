@@ -1074,10 +1074,17 @@ static ssize_t mw_eof_or_error(int fd)
 {
     struct mw_fd e;
     struct mwl_rsp_status st;
+    int ret;
 
     if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return 0;
-    if (mw_status(&e, &st) < 0 || st.error == 0)
+    ret = mw_status(&e, &st);
+    /* mwcommsd is gone, and this connection with it (the INS drops a dead frontend's
+     * sockets): nobody can vouch for a clean end, and a truncated transfer must not pass
+     * for a complete one */
+    if (ret == -ENETDOWN)
+        return mw_fail(-ECONNRESET);
+    if (ret < 0 || st.error == 0)
         return 0;
     return mw_fail(st.error);
 }

@@ -34,14 +34,20 @@ def server(backbone, module_programs):
     return srv.line("PORT ").split()[1]
 
 
+def outcome(program):
+    """How the blocked call of a transfer_hold.py program ended: (how, unix time), or
+    ("still blocked", None)."""
+    for ln in reversed(program.text().splitlines()):
+        if ln.split(" ", 1)[0] in ("ERROR", "EOF", "RETURNED"):
+            how, when = ln.rsplit(" ", 1)
+            return how, float(when)
+    return "still blocked", None
+
+
 def hello(backbone, port):
     return backbone.run([PY, PROG, "hello", port], timeout=30).stdout.strip()
 
 
-@pytest.mark.xfail(strict=True, reason="mwcommsd learns that the INS died only when it kicks "
-                   "the event channel; programs blocked in recv/send make it kick nothing "
-                   "(engine request in /work/notes/requests.md, 06:12; remove this mark with "
-                   "the fix)")
 def test_blocked_programs_get_an_error_within_5s(backbone, server, programs):
     assert hello(backbone, server) == "OK hello"
     blocked = {what: programs(backbone.argv([PY, PROG, what, server]), what)
@@ -57,12 +63,8 @@ def test_blocked_programs_get_an_error_within_5s(backbone, server, programs):
             p.proc.wait(max(0.1, t_kill + 8 - time.time()))
         except Exception:
             pass
-        last = p.text().strip().splitlines()[-1]
-        if last == "BLOCKED":
-            seen[what] = ("still blocked", None)
-        else:
-            how, when = last.rsplit(" ", 1)
-            seen[what] = (how, float(when) - t_kill)
+        how, when = outcome(p)
+        seen[what] = (how, when - t_kill if when else None)
     print("INS SIGKILLed mid-transfer: " + "; ".join(
         f"{what}: {how}" + (f" after {dt:.2f} s" if dt is not None else " after 8 s")
         for what, (how, dt) in seen.items()))
@@ -95,3 +97,31 @@ def test_restarted_ins_serves_new_connections(backbone, server):
     assert got == "OK hello", (got, backbone.logs())
     # and the rest of the backbone was left alone: mwcommsd kept its pid
     assert "mwcommsd (pid" not in up.stdout
+
+
+def test_mwcommsd_killed_then_restarted(backbone, server, programs):
+    """The other half of the backbone: mwcommsd SIGKILLed under a blocked download. The
+    program's socket is one end of a socketpair whose other end died with mwcommsd: recv()
+    fails at once with ECONNRESET (not end of file: a cut transfer must not look complete).
+    `mwcomms up` restarts just mwcommsd; the INS drops the dead frontend's sockets and serves
+    the new one."""
+    assert hello(backbone, server) == "OK hello"
+    down = programs(backbone.argv([PY, PROG, "download", server]), "download")
+    down.line("BLOCKED")
+    time.sleep(0.3)
+    t_kill = time.time()
+    os.kill(backbone.state["pids"]["mwcommsd"], signal.SIGKILL)
+    down.proc.wait(5)
+    how, when = outcome(down)
+    print(f"mwcommsd SIGKILLed mid-transfer: download: {how} after {when - t_kill:.2f} s")
+    assert how.startswith("ERROR") and how.split()[1] in DEAD_PATH, how
+    ins_pid = backbone.state["pids"]["ins"]
+    t0 = time.monotonic()
+    up = backbone.cli("up", timeout=60)
+    assert up.returncode == 0, up.stdout + up.stderr + backbone.logs()
+    assert "mwcommsd (pid" in up.stdout and "ins (pid" not in up.stdout, up.stdout
+    assert backbone.state["pids"]["ins"] == ins_pid
+    got = hello(backbone, server)
+    print(f"mwcommsd restarted: first new connection {time.monotonic() - t0:.2f} s after the "
+          f"restart began")
+    assert got == "OK hello", (got, backbone.logs())
