@@ -125,3 +125,26 @@ def test_mwcommsd_killed_then_restarted(backbone, server, programs):
     print(f"mwcommsd restarted: first new connection {time.monotonic() - t0:.2f} s after the "
           f"restart began")
     assert got == "OK hello", (got, backbone.logs())
+
+
+def test_stopped_ins_stalls_then_resumes(backbone, server, programs):
+    """A silently hung INS (SIGSTOP): what programs see today. A new connection started while
+    it is stopped waits (even socket() does: mwcommsd waits for the INS's answer; there is no
+    liveness deadline yet, see shim/README.md) and completes once the INS runs again; nothing
+    fails spuriously and the backbone needs no restart."""
+    assert hello(backbone, server) == "OK hello"
+    ins = backbone.state["pids"]["ins"]
+    os.kill(ins, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        p = programs(backbone.argv([PY, PROG, "hello", server]), "hello-while-stopped")
+        time.sleep(2)
+        stalled = p.proc.poll() is None
+    finally:
+        os.kill(ins, signal.SIGCONT)
+    p.proc.wait(15)
+    print(f"INS stopped for 2 s: a new connection {'waited' if stalled else 'did not wait'}, "
+          f"then ended after {time.monotonic() - t0:.2f} s with {p.text().strip()!r}")
+    assert stalled, p.text()
+    assert p.text().strip().splitlines()[-1] == "OK hello", p.text()
+    assert hello(backbone, server) == "OK hello"
