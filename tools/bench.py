@@ -120,6 +120,7 @@ class Side:
         self.env = env
         self.mwload = ""        # set once compiled
         self.daemons: dict[str, int] = {}    # forwarded: mwcommsd and INS pids
+        self.netns: str | None = None          # forwarded: the INS's network namespace
         self.overhead: dict[str, float] = {}    # what starting a program here costs
 
     def calibrate(self, n: int = 3) -> None:
@@ -245,37 +246,59 @@ def _read_json_line(proc: subprocess.Popen, timeout: float) -> dict:
     raise BenchError(f"mwload hold said nothing within {timeout:.0f} s")
 
 
-def run_hold(side: Side, p: Params) -> dict:
-    """Open p.conns idle connections (both ends in one program) and measure how much
-    user-space memory that cost: the program's own processes, and mwcommsd's and the INS's
-    when forwarded (Pss: shared pages counted once between the two daemons)."""
-    proc = subprocess.Popen(side.cmd([side.mwload, "hold", "--conns", str(p.conns)]),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=side.env, start_new_session=True)
+def _stop(proc: subprocess.Popen | None) -> None:
+    """End a program that holds until its stdin closes."""
+    if proc is None:
+        return
     try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_hold(side: Side, p: Params) -> dict:
+    """Open p.conns idle connections and measure how much user-space memory that cost: the
+    programs' own processes, and mwcommsd's and the INS's when forwarded (Pss: pages shared
+    between the two daemons counted once).
+
+    Natively both ends are one program. Forwarded, the client runs under the shim and the
+    server natively in the INS's network namespace: each connection is then one forwarded
+    socket, as for an application talking to the outside, and 10,000 of them fit in the
+    daemons' fd limits (both ends forwarded would need 20,000 fds in each daemon)."""
+    opened = lambda argv: subprocess.Popen(  # noqa: E731
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=side.env, start_new_session=True)
+    server = proc = None
+    try:
+        argv = [side.mwload, "hold", "--conns", str(p.conns)]
+        apps: list[int] = []
+        if side.daemons:
+            prefix = ["ip", "netns", "exec", side.netns] if side.netns else []
+            server = opened(prefix + [side.mwload, "accept", "--conns", str(p.conns)])
+            listening = _read_json_line(server, 30)
+            apps += listening["pids"]
+            argv += ["--port", str(listening["port"])]
+        proc = opened(side.cmd(argv))
         start = _read_json_line(proc, 60)
-        apps = start["pids"]
+        apps += start["pids"]
+        watched = {**side.daemons, **{f"app{i}": a for i, a in enumerate(apps)}}
         time.sleep(0.2)
-        before = {name: _mem(pid) for name, pid in {**side.daemons,
-                                                   **{f"app{i}": a for i, a in enumerate(apps)}}.items()}
+        before = {name: _mem(pid) for name, pid in watched.items()}
         slab0 = _slab()
         proc.stdin.write("go\n")
         proc.stdin.flush()
         ready = _read_json_line(proc, max(60.0, p.conns / 50))
-        time.sleep(0.5)     # let the daemons settle (buffers handed back, counters written)
-        after = {name: _mem(pid) for name, pid in {**side.daemons,
-                                                  **{f"app{i}": a for i, a in enumerate(apps)}}.items()}
+        time.sleep(0.5)     # let the accepts finish and the daemons settle
+        after = {name: _mem(pid) for name, pid in watched.items()}
         slab1 = _slab()
     finally:
-        try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+        _stop(server)
     n = ready["conns"]
     if n <= 0:
         raise BenchError(f"{side.name}: no connection could be opened ({ready.get('stopped_by')})")
@@ -286,11 +309,13 @@ def run_hold(side: Side, p: Params) -> dict:
     app_names = [k for k in after if k.startswith("app")]
     daemon_names = list(side.daemons)
     res = {"conns": n, "ops": n, "wanted": ready["wanted"], "stopped_by": ready["stopped_by"],
+           "forwarded_sockets_per_conn": 1 if side.daemons else 0,
            "apps_rss_per_conn": per_conn(app_names, "rss"),
            "kernel_slab_per_conn": (slab1 - slab0) / n}
     for name in daemon_names:
         res[f"{name}_pss_per_conn"] = per_conn([name], "pss")
         res[f"{name}_rss_per_conn"] = per_conn([name], "rss")
+        res[f"{name}_pss_total"] = after[name]["pss"]
     # what the table compares: user-space memory per connection, everything this side runs
     res["user_per_conn"] = res["apps_rss_per_conn"] + (per_conn(daemon_names, "pss")
                                                        if daemon_names else 0.0)
@@ -627,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in sides:
             s.mwload = mwload
         sides[1].daemons = bb.daemons()
+        sides[1].netns = bb.state.get("netns")
         for s in sides:
             s.calibrate()
         print(f"bench: {len(cases)} cases x {p.repeats} repeats x native/forwarded; "

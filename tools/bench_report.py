@@ -72,7 +72,8 @@ def table(result: dict) -> str:
             notes.append(f"{r['case']}: {e}")
         d = r.get("detail")
         if d and r["case"] == "conn_memory":
-            parts = [f"{d['conns']} of {d['wanted']} connections opened"
+            parts = [f"{d['conns']} of {d['wanted']} connections opened (forwarded: the client "
+                     "under the shim, the server native in the INS's namespace)"
                      + (f" (stopped by: {d['stopped_by']})" if d.get("stopped_by") else "")]
             for k in ("mwcommsd", "ins"):
                 if f"{k}_pss_per_conn" in d:

@@ -10,11 +10,13 @@
  *   mwload udp     [--size B] [--count N] [--warmup N]      UDP request/response round trips
  *   mwload bulk    [--streams S] [--seconds T] [--chunk B]  TCP throughput over S streams
  *   mwload connect [--seconds T]                            connect + accept + close rate
- *   mwload hold    [--conns N]                              N idle connections (see below)
+ *   mwload hold    [--conns N] [--port P]                   N idle connections (see below)
+ *   mwload accept  [--port P] [--conns N]                   accept and hold, until stdin ends
  *   mwload wait    --port P [--seconds T]                   until 127.0.0.1:P accepts
  *
  * hold talks to its caller: it prints {"phase":"start",...} with its pids and waits for a line
- * on stdin; then it opens the connections, prints {"phase":"ready","conns":n,...} (n may fall
+ * on stdin; then it opens the connections (to its own forked server, or with --port to a
+ * server that `mwload accept` runs elsewhere), prints {"phase":"ready","conns":n,...} (n may fall
  * short of N: the errno that stopped it is reported) and holds them until stdin reaches end of
  * file. The caller measures memory between the two.
  *
@@ -498,31 +500,51 @@ static void hold_server(int lfd, void *arg)
 		pause();
 }
 
-static int mode_hold(const struct opts *o)
+/* Let this process hold @n more fds than it has (as far as the hard limit allows). */
+static void nofile_at_least(long n)
 {
-	struct rlimit rl = { .rlim_cur = 2 * o->conns + 256, .rlim_max = 2 * o->conns + 256 };
-	struct sockaddr_in addr;
-	int ctl[2], ack[2], pipes[2];
-	long opened = 0, accepted = 0;
-	int stop_errno = 0;
-	char line[64];
-	pid_t srv;
-	int lfd;
+	struct rlimit rl;
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)(2 * o->conns + 256)) {
-		rl.rlim_cur = 2 * o->conns + 256;
-		if (rl.rlim_max < rl.rlim_cur)
-			rl.rlim_max = rl.rlim_cur;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= (rlim_t)n)
+		return;
+	rl.rlim_cur = (rlim_t)n;
+	if (rl.rlim_max < rl.rlim_cur)
+		rl.rlim_max = rl.rlim_cur;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	lfd = bound_socket(SOCK_STREAM, &addr);
-	if (pipe(ctl) < 0 || pipe(ack) < 0)
-		fail("pipe");
-	pipes[0] = ctl[0];
-	pipes[1] = ack[1];
-	srv = spawn(hold_server, lfd, pipes);
-	close(lfd);
-	printf("{\"phase\": \"start\", \"pids\": [%d, %d]}\n", (int)getpid(), (int)srv);
+}
+
+/*
+ * hold: without --port, both ends here (a forked server accepts); with --port, only the
+ * client side, to a server elsewhere (`mwload accept`), e.g. natively in the INS's network
+ * namespace, so that each connection is one forwarded socket.
+ */
+static int mode_hold(const struct opts *o)
+{
+	struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(o->port),
+				    .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int ctl[2], ack[2], pipes[2];
+	long opened = 0, accepted = -1;
+	int stop_errno = 0;
+	char line[64];
+	pid_t srv = 0;
+	int lfd;
+
+	nofile_at_least((o->port ? 1 : 2) * o->conns + 256);
+	if (!o->port) {
+		lfd = bound_socket(SOCK_STREAM, &addr);
+		if (pipe(ctl) < 0 || pipe(ack) < 0)
+			fail("pipe");
+		pipes[0] = ctl[0];
+		pipes[1] = ack[1];
+		srv = spawn(hold_server, lfd, pipes);
+		close(lfd);
+		printf("{\"phase\": \"start\", \"pids\": [%d, %d]}\n", (int)getpid(), (int)srv);
+	} else {
+		printf("{\"phase\": \"start\", \"pids\": [%d]}\n", (int)getpid());
+	}
 	fflush(stdout);
 	if (!fgets(line, sizeof(line), stdin))
 		goto out_reap;
@@ -540,8 +562,8 @@ static int mode_hold(const struct opts *o)
 		}
 		opened++;
 	}
-	if (write(ctl[1], &opened, sizeof(opened)) != sizeof(opened) ||
-	    read(ack[0], &accepted, sizeof(accepted)) != sizeof(accepted))
+	if (srv && (write(ctl[1], &opened, sizeof(opened)) != sizeof(opened) ||
+		    read(ack[0], &accepted, sizeof(accepted)) != sizeof(accepted)))
 		fail("the server child died");
 	printf("{\"phase\": \"ready\", \"mode\": \"hold\", \"conns\": %ld, \"accepted\": %ld, "
 	       "\"wanted\": %ld, \"stopped_by\": \"%s\"}\n", opened, accepted, o->conns,
@@ -550,7 +572,40 @@ static int mode_hold(const struct opts *o)
 	while (fgets(line, sizeof(line), stdin))
 		;
 out_reap:
-	reap(srv);
+	if (srv)
+		reap(srv);
+	return 0;
+}
+
+/* accept: listen on 127.0.0.1:--port (0: any), say which, accept and hold every connection
+ * until stdin reaches end of file. */
+static int mode_accept(const struct opts *o)
+{
+	struct sockaddr_in addr;
+	struct pollfd p[2] = { { .events = POLLIN }, { .fd = 0, .events = POLLIN } };
+	long accepted = 0;
+	char buf[64];
+
+	nofile_at_least(o->conns + 256);
+	p[0].fd = bound_socket(SOCK_STREAM, &addr);
+	printf("{\"phase\": \"listening\", \"port\": %d, \"pids\": [%d]}\n",
+	       ntohs(addr.sin_port), (int)getpid());
+	fflush(stdout);
+	for (;;) {
+		if (poll(p, 2, -1) < 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			if (accept(p[0].fd, NULL, NULL) >= 0)
+				accepted++;
+			else if (errno == EMFILE || errno == ENFILE)
+				p[0].fd = -1;	/* full: hold what we have */
+		}
+		if (p[1].revents & (POLLIN | POLLHUP)) {
+			if (read(0, buf, sizeof(buf)) <= 0)
+				break;
+		}
+	}
+	printf("{\"mode\": \"accept\", \"accepted\": %ld}\n", accepted);
 	return 0;
 }
 
@@ -620,6 +675,8 @@ int main(int argc, char **argv)
 		return mode_connect(&o);
 	if (!strcmp(mode, "hold"))
 		return mode_hold(&o);
+	if (!strcmp(mode, "accept"))
+		return mode_accept(&o);
 	if (!strcmp(mode, "wait"))
 		return mode_wait(&o);
 	fail("unknown mode %s", mode);
