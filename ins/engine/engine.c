@@ -1563,12 +1563,29 @@ static void wake(struct ins_engine *e)
     }
 }
 
-/* Every socket of every frontend holds one fd here: allow as many as the hard limit does. */
+/* Every socket of every frontend holds one fd here: allow as many as the system lets us.
+ * Raising the hard limit up to fs.nr_open needs CAP_SYS_RESOURCE (the INS runs as root);
+ * without it the soft limit goes up to the hard one. */
 static void nofile_raise(struct ins_engine *e)
 {
     struct rlimit rl;
+    unsigned long nr_open = 0;
+    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    if (f) {
+        if (fscanf(f, "%lu", &nr_open) != 1)
+            nr_open = 0;
+        fclose(f);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (nr_open > rl.rlim_max) {
+        struct rlimit up = { .rlim_cur = nr_open, .rlim_max = nr_open };
+
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             ins_log(e, "raising RLIMIT_NOFILE: %s", strerror(errno));

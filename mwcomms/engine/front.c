@@ -264,18 +264,33 @@ static void short_log(struct mwfe *e, int refused, const char *fmt, ...)
 }
 
 /*
- * The ring order a new socket gets when it asks for `order`: `order` while at least 1/8 of the
- * data area is free; below that, half as much each time the free part halves, down to
- * MW_RING_ORDER_MIN. Sockets that come late then get smaller rings instead of none: a 256 MiB
- * area holds 1792 sockets with 64 KiB rings each way, then 1280 more with smaller ones.
+ * The ring order a new socket gets when it asks for `order`. Pages are set aside so that every
+ * other free slot can still get two 4 KiB rings (at most a quarter of the data area: a slot
+ * that finds a free slot never gets ENOBUFS because of earlier sockets' rings); of the rest,
+ * the "room", a socket gets `order` while at least 1/8 of it is free, half as much each time
+ * the free part halves below that, down to MW_RING_ORDER_MIN, and never more than fits.
+ * With 32768 slots, a 256 MiB area gives 1345 sockets 64 KiB rings each way, ~570 more 32 to
+ * 8 KiB and ~8600 more 4 KiB; a 1 GiB area 5735 sockets 64 KiB, then rings for every slot.
  */
 static uint8_t ring_order_for(const struct mwfe *e, uint8_t order)
 {
-    uint64_t free8 = (uint64_t)e->buddy.free_pages * 8;
+    uint64_t total = e->buddy.npages, cap = total / 4, free = e->buddy.free_pages;
+    uint64_t reserve = 2ull * (e->nfree_slots > 0 ? e->nfree_slots - 1 : 0);
+    uint64_t reserve0 = 2ull * (e->area.nsocks - 1);
+    uint64_t room, usable, need, scaled;
 
-    while (order > MW_RING_ORDER_MIN && free8 < e->buddy.npages) {
+    if (reserve > cap)
+        reserve = cap;
+    if (reserve0 > cap)
+        reserve0 = cap;
+    room = free > reserve ? free - reserve : 0;
+    usable = total - reserve0;
+    need = 2ull << (order - MW_RING_ORDER_MIN);     /* pages of both rings */
+    scaled = room * 8;
+    while (order > MW_RING_ORDER_MIN && (scaled < usable || need > room)) {
         order--;
-        free8 *= 2;
+        need /= 2;
+        scaled *= 2;
     }
     return order;
 }
@@ -2361,12 +2376,29 @@ int mwfe_run(struct mwfe *e)
     return 0;
 }
 
-/* Every forwarded socket holds one fd here (P): allow as many as the hard limit does. */
+/* Every forwarded socket holds one fd here (P): allow as many as the system lets us. Raising
+ * the hard limit up to fs.nr_open needs CAP_SYS_RESOURCE (the daemons run as root); without
+ * it the soft limit goes up to the hard one. */
 static void nofile_raise(void)
 {
     struct rlimit rl;
+    unsigned long nr_open = 0;
+    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    if (f) {
+        if (fscanf(f, "%lu", &nr_open) != 1)
+            nr_open = 0;
+        fclose(f);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (nr_open > rl.rlim_max) {
+        struct rlimit up = { .rlim_cur = nr_open, .rlim_max = nr_open };
+
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             fe_log("raising RLIMIT_NOFILE: %s", strerror(errno));
