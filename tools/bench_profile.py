@@ -67,6 +67,35 @@ def _show(title: str, table: dict[str, list[int]], ops: float, top: int = 12) ->
     return lines
 
 
+def threads(pid: int) -> dict[int, tuple[float, int]]:
+    """Per thread of @pid: CPU seconds (schedstat) and context switches so far."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                sw = sum(int(l.split()[1]) for l in f if "ctxt_switches:" in l)
+            out[int(tid)] = (ns / 1e9, sw)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def thread_split(before: dict, after: dict, ops: float) -> str:
+    """The busiest thread (the C engine loop) against all the others (Python control)."""
+    delta = {t: (after[t][0] - before.get(t, (0, 0))[0], after[t][1] - before.get(t, (0, 0))[1])
+             for t in after}
+    if not delta:
+        return "no threads"
+    busiest = max(delta, key=lambda t: delta[t][0])
+    rest = sum(d[0] for t, d in delta.items() if t != busiest)
+    total = sum(d[0] for d in delta.values()) or 1e-9
+    return (f"engine thread {delta[busiest][0] * 1e6 / ops:.1f} us and "
+            f"{delta[busiest][1] / ops:.2f} switches per operation; the other "
+            f"{len(delta) - 1} threads (Python) {100 * rest / total:.1f}% of the process's CPU")
+
+
 def _trace_daemon(pid: int, path: str) -> subprocess.Popen:
     return subprocess.Popen(["perf", "trace", "-s", "-p", str(pid), "-o", path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -93,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         fwd = bench.forwarded_side(bb.dir, env)
         daemons = bb.daemons()
         results = {}
+        # the engine thread vs the Python threads, measured without tracing
+        before = {n: threads(pid) for n, pid in daemons.items()}
+        fwd.mwload = mwload
+        res = fwd.mwload_json(*LOADS[args.load])
+        ops = ops_of(args.load, res)
+        report.append(f"forwarded, untraced: {json.dumps(res)}")
+        for n, pid in daemons.items():
+            report.append(f"  {n}: {thread_split(before[n], threads(pid), ops)}")
         for side in (native, fwd):
             app_trace = os.path.join(args.out, f"{args.load}.{side.name}.apps.trace")
             tracers = {}
