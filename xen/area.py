@@ -46,11 +46,11 @@ class AreaLayout:
 
     The defaults are sized for the sim backend, where an area page is an untouched page of a
     sparse file until a side writes it, so a large area costs nothing while unused: 512
-    command slots, 4096 events per queue, 32768 socket slots (enough for 10,000 connections
-    with both ends forwarded) and a 256 MiB data area (2048 sockets with the engine's 64 KiB
-    rings each way; beyond that mwcommsd gives new sockets smaller rings). That is 66,597
-    pages, within what an INS accepts by default (connection.Limits). On Xen every page is
-    a grant (gntalloc allows 1024 pages per domain unless raised): pass a smaller layout.
+    command slots, 4096 events per queue, 32768 socket slots and a 256 MiB data area (with
+    mwcommsd's ring sizing, docs/protocol.md 4: 1345 sockets with 64 KiB rings each way, then
+    ~9,000 more with smaller ones). That is 66,609 pages, within what an INS accepts by
+    default (connection.Limits). On Xen every page is a grant (gntalloc allows 1024 pages per
+    domain unless raised): pass a smaller layout.
     """
 
     cmd_ring_pages: int = 16
