@@ -25,6 +25,7 @@ import platform as _platform
 import resource
 import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -140,16 +141,21 @@ class Side:
         return self.prefix + argv
 
     def run(self, argv: list[str], timeout: float = RUN_TIMEOUT) -> str:
+        p = subprocess.Popen(self.cmd(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=self.env, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
         try:
-            p = subprocess.run(self.cmd(argv), capture_output=True, text=True, timeout=timeout,
-                               env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
+            out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # the whole process group: servers a script started in the background too
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
             raise BenchError(f"{self.name}: {argv[0]} did not finish within {timeout:.0f} s") from None
         if p.returncode != 0:
-            tail = (p.stdout + p.stderr).strip().splitlines()[-6:]
+            tail = (out + err).strip().splitlines()[-6:]
             raise BenchError(f"{self.name}: {' '.join(argv[:2])} exited {p.returncode}: "
                              + " | ".join(tail))
-        return p.stdout
+        return out
 
     def mwload_json(self, *args: str, timeout: float = RUN_TIMEOUT) -> dict:
         out = self.run([self.mwload, *args], timeout)
