@@ -293,6 +293,8 @@ class Control:
                 raw = self.sock.recv(1 << 17)
             except socket.timeout:
                 raise TimeoutError from None
+            except BlockingIOError:
+                raise                # a non-blocking caller has read everything queued
             except OSError as exc:
                 raise _os_error(exc, "trace") from None
             if not raw:

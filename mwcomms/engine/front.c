@@ -495,7 +495,7 @@ static void ins_flush(struct mwfe *e)
         }
         /* mw_cmd_front_put_req set op->req.id: the copy mw_rsp_match compares with */
         op->sent = 1;
-        fe_is_req(e, &op->req, op->sk);
+        fe_is_req(e, op);
         e->q_head = op->qnext;
         if (!e->q_head)
             e->q_tail = NULL;
@@ -1427,7 +1427,7 @@ static void ins_process(struct mwfe *e)
             return;
         }
         op = (struct fe_op *)(uintptr_t)cookie;
-        fe_is_rsp(e, &rsp, op->sk);
+        fe_is_rsp(e, &rsp, op);
         if (mw_rsp_check(&rsp, &e->lim, &why) != 0 || mw_rsp_match(&rsp, &op->req, &why) != 0) {
             violation(e, "response", why);
             return;

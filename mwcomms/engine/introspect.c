@@ -228,11 +228,14 @@ static void rec_about(struct mwfe *e, struct mwl_trace_rec *rec, const struct fe
         rec->slot = sk->slot;
 }
 
-void fe_is_trace_slot(struct mwfe *e, int kind, const void *slot, const struct fe_sock *sk)
+void fe_is_trace_slot(struct mwfe *e, int kind, const void *slot, const struct fe_sock *sk,
+                      int32_t pid)
 {
     struct mwl_trace_rec rec = { .kind = (uint16_t)kind, .slot = ~0u, .len = MW_CMD_SLOT_SIZE };
 
     rec_about(e, &rec, sk);
+    if (!rec.pid)
+        rec.pid = pid;
     trace_emit(e, &rec, slot, MW_CMD_SLOT_SIZE, NULL, 0);
 }
 

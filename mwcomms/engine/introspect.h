@@ -85,7 +85,8 @@ void fe_is_sock_accepting(struct mwfe *e, const struct fe_sock *sk, const struct
 /** The INS connection was attached. */
 void fe_is_attached(struct mwfe *e);
 
-void fe_is_trace_slot(struct mwfe *e, int kind, const void *slot, const struct fe_sock *sk);
+void fe_is_trace_slot(struct mwfe *e, int kind, const void *slot, const struct fe_sock *sk,
+                      int32_t pid);
 void fe_is_trace_event(struct mwfe *e, int kind, uint32_t sock, uint16_t type, uint64_t arg);
 void fe_is_trace_data(struct mwfe *e, int kind, const struct fe_sock *sk, const struct iovec *iov,
                       int niov, uint32_t len, const struct mw_sockaddr *addr);
@@ -97,22 +98,29 @@ static inline int fe_is_tracing(const struct mwfe *e)
     return e->is && e->is->ntracers > 0;
 }
 
-/** A request went into the command ring (op->req, its id set). */
-static inline void fe_is_req(struct mwfe *e, const struct mw_req *req, const struct fe_sock *sk)
+/* The process a request is for: its caller's (a call without socket, e.g. GETADDRINFO, is
+ * still someone's), 0 when the engine made it by itself or the caller left. */
+static inline int32_t fe_is_op_pid(const struct fe_op *op)
 {
-    if (e->is && req->cmd < MWL_INFO_CMDS)
-        e->is->ins_by_cmd[req->cmd]++;
-    if (fe_is_tracing(e))
-        fe_is_trace_slot(e, MWL_TR_REQ, req, sk);
+    return op->client ? (int32_t)op->client->pid : 0;
 }
 
-/** A response was taken from the command ring (a copy, not checked yet). */
-static inline void fe_is_rsp(struct mwfe *e, const struct mw_rsp *rsp, const struct fe_sock *sk)
+/** A request went into the command ring (op->req, its id set). */
+static inline void fe_is_req(struct mwfe *e, const struct fe_op *op)
+{
+    if (e->is && op->req.cmd < MWL_INFO_CMDS)
+        e->is->ins_by_cmd[op->req.cmd]++;
+    if (fe_is_tracing(e))
+        fe_is_trace_slot(e, MWL_TR_REQ, &op->req, op->sk, fe_is_op_pid(op));
+}
+
+/** A response to `op` was taken from the command ring (a copy, not checked yet). */
+static inline void fe_is_rsp(struct mwfe *e, const struct mw_rsp *rsp, const struct fe_op *op)
 {
     if (rsp->ret < 0)
         fe_is_ins_error(e, rsp->ret);
     if (fe_is_tracing(e))
-        fe_is_trace_slot(e, MWL_TR_RSP, rsp, sk);
+        fe_is_trace_slot(e, MWL_TR_RSP, rsp, op->sk, fe_is_op_pid(op));
 }
 
 /** An event was put in fq (MWL_TR_EV_TX) or taken from bq (MWL_TR_EV_RX, not checked yet). */

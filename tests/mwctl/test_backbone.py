@@ -246,6 +246,8 @@ def test_trace_shows_connect_and_data(backbone, tmp_path):
     udp = [r for r in data_tx if r["msg"]["addr"]]
     assert udp and udp[0]["msg"]["addr"] == {"host": "127.0.0.1", "port": t.udp_port}
     assert any(r["kind"] == "EV" for r in mine)
+    # a call without a socket is its caller's too: create_connection's name lookup
+    assert any(r.get("cmd") == "GETADDRINFO" and r["kind"] == "REQ" for r in mine)
     assert f"{len(recs)} records written to {pcap}" in err
 
     out, _ = _stop_trace(only)
@@ -366,3 +368,41 @@ def test_help_and_exit_codes(backbone, tmp_path):
     assert r.returncode == 3
     assert mwctl(backbone, "sockets", "--bogus").returncode == 2
     assert mwctl(backbone, "trace", "--sock", "nope").returncode == 2
+
+
+def test_a_slow_tracer_loses_records_not_the_engine(backbone):
+    """A tracer that does not read: the engine goes on at full speed, drops records for it,
+    counts them, and tells the tracer how many it lost in its next record."""
+    from mwcomms.tools.mwctl import Control
+    control = json.load(open(f"{backbone}/state.json"))["control"]
+    with Control(control) as info_ctl, Control(control) as slow:
+        before = info_ctl.info()
+        slow.start_trace(65536)
+        port = random.randrange(20000, 60000)
+        r = subprocess.run([MWCOMMS, "--dir", backbone, "run", "--", sys.executable,
+                            str(HERE / "programs" / "chatter.py"), str(port), "3000"],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        mid = info_ctl.info()
+        assert mid["trace_dropped"] > before["trace_dropped"], (before, mid)
+        # drain what was queued, then make one more record: it carries the count
+        got, lost = 0, 0
+        slow.sock.setblocking(False)
+        try:
+            for rec, _ in slow.records():
+                got += 1
+                lost += rec["dropped"]
+        except BlockingIOError:
+            pass
+        slow.sock.setblocking(True)
+        slow.sock.settimeout(20)
+        subprocess.run([MWCOMMS, "--dir", backbone, "run", "--", sys.executable, "-c",
+                        "import socket; socket.socket().close()"], check=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+        rec, _ = next(slow.records())
+        got += 1
+        lost += rec["dropped"]
+        assert rec["dropped"] > 0
+        after = info_ctl.info()
+    assert lost == after["trace_dropped"] - before["trace_dropped"]
+    assert got <= after["trace_records"] - before["trace_records"]
