@@ -2330,17 +2330,56 @@ static int mw_recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags, str
     struct mw_fd e;
     unsigned int i;
 
+    struct timespec end, now;
+
     if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_recvmmsg(fd, v, n, flags, t);
-    /* the timeout is checked after each datagram, as the kernel does */
+    if (t != NULL) {
+        if (t->tv_sec < 0 || t->tv_nsec < 0 || t->tv_nsec >= 1000000000L)
+            return mw_fail(-EINVAL);
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        end.tv_sec += t->tv_sec;
+        end.tv_nsec += t->tv_nsec;
+        if (end.tv_nsec >= 1000000000L) {
+            end.tv_sec++;
+            end.tv_nsec -= 1000000000L;
+        }
+    }
+    /* the timeout is checked after each datagram, as the kernel does (recvmmsg(2), BUGS),
+     * and what is left of it written back */
     for (i = 0; i < n; i++) {
         ssize_t r = mw_recvmsg_mw(fd, &e, &v[i].msg_hdr, flags & ~MSG_WAITFORONE);
 
-        if (r < 0)
-            return i > 0 ? (int)i : -1;
+        if (r < 0) {
+            if (i == 0)
+                return -1;
+            break;
+        }
         v[i].msg_len = r;
         if (flags & MSG_WAITFORONE)
             flags |= MSG_DONTWAIT;
+        if (t != NULL) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec > end.tv_sec ||
+                (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec)) {
+                i++;
+                break;
+            }
+        }
+    }
+    if (t != NULL) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > end.tv_sec ||
+            (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec)) {
+            t->tv_sec = t->tv_nsec = 0;
+        } else {
+            t->tv_sec = end.tv_sec - now.tv_sec;
+            t->tv_nsec = end.tv_nsec - now.tv_nsec;
+            if (t->tv_nsec < 0) {
+                t->tv_sec--;
+                t->tv_nsec += 1000000000L;
+            }
+        }
     }
     return i;
 }

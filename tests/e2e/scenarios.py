@@ -451,6 +451,25 @@ def mmsg():
     s.sendto(b"late", r.getsockname())
     n = LIBC.recvmmsg(r.fileno(), vec, 4, 0x10000, None)     # MSG_WAITFORONE
     rec("recvmmsg-waitforone", n if n >= 0 else _errno_name(), got=_mmsg_got(vec, keep, n))
+    # a timeout is checked only after each datagram (recvmmsg(2), BUGS): with two queued and
+    # a third 0.5 s later, a 0.2 s timeout returns after the third
+    class _Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 0))  # a bound
+    s.sendto(b"t1", r.getsockname())
+    s.sendto(b"t2", r.getsockname())
+    time.sleep(0.2)
+    later = threading.Timer(0.5, lambda: s.sendto(b"t3", r.getsockname()))
+    later.start()
+    ts = _Timespec(0, 200000000)
+    t0 = time.monotonic()
+    n = LIBC.recvmmsg(r.fileno(), vec, 4, 0, ctypes.byref(ts))
+    took = time.monotonic() - t0
+    later.join()
+    rec("recvmmsg-timeout", n if n >= 0 else _errno_name(), got=_mmsg_got(vec, keep, n),
+        returned_after_third=0.4 < took < 2, timeout_left=[ts.tv_sec, ts.tv_nsec])
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
     # connected: no names
     s.connect(r.getsockname())
     vec, keep = _mmsgs([[b"c1"], [b"c2"]])
@@ -591,6 +610,12 @@ def fd_calls():
     rec("original-flag", fcntl.fcntl(c.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
     d2 = fcntl.fcntl(c.fileno(), fcntl.F_DUPFD, 60)
     rec("dupfd-flag", [d2 >= 60, fcntl.fcntl(d2, fcntl.F_GETFD) & fcntl.FD_CLOEXEC])
+    rec("dup3-cloexec", [os.dup2(c.fileno(), 70, inheritable=False),      # dup3(O_CLOEXEC)
+                         fcntl.fcntl(70, fcntl.F_GETFD) & fcntl.FD_CLOEXEC])
+    rec("dup3-copy-works", [os.write(70, b"d3"), a.recv(10).decode()])
+    call("dup3-same-fd", lambda: LIBC.dup3(70, 70, os.O_CLOEXEC) if LIBC.dup3(70, 70, os.O_CLOEXEC)
+         >= 0 else _errno_name())
+    os.close(70)
     rec("write-through-copy", os.write(d, b"via dup"))
     rec("peer-reads", a.recv(100).decode())
     ds = socket.socket(fileno=os.dup(d))

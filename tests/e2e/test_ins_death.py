@@ -1,6 +1,6 @@
-"""INS death: the INS is SIGKILLed while one program is blocked in recv() on a download and
-another in send() on an upload (servers started natively in the INS's network namespace);
-each must get an error within 5 s (as native gives for a dead path), not hang. Then
+"""INS death: the INS is SIGKILLed while one program is blocked in recv() on a download,
+another in send() on an upload (servers started natively in the INS's network namespace) and
+a third in accept(); each must get an error within 5 s (as native gives for a dead path), not hang. Then
 `mwcomms up` restarts just the INS, mwcommsd connects to it again, and a new connection works.
 
 The times measured (to the error, to the first new connection) are printed (pytest -s, or
@@ -50,8 +50,9 @@ def hello(backbone, port):
 
 def test_blocked_programs_get_an_error_within_5s(backbone, server, programs):
     assert hello(backbone, server) == "OK hello"
-    blocked = {what: programs(backbone.argv([PY, PROG, what, server]), what)
-               for what in ("download", "upload")}
+    blocked = {what: programs(backbone.argv([PY, PROG, what] + ([server] if what != "accept"
+                                                                 else [])), what)
+               for what in ("download", "upload", "accept")}
     for p in blocked.values():
         p.line("BLOCKED")
     time.sleep(0.5)                       # well inside recv() / send()

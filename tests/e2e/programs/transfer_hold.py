@@ -8,9 +8,10 @@
     transfer_hold.py download PORT      read SIZE bytes, print "BLOCKED", block in recv
     transfer_hold.py upload PORT        write until the path is full, print "BLOCKED", block
                                         in send
+    transfer_hold.py accept             listen on 127.0.0.1, print "BLOCKED", block in accept
     transfer_hold.py hello PORT         connect, print "OK <reply>" or "FAIL <errno name>"
 
-download and upload then print how the blocked call ended: "ERROR <errno name> <unix time>",
+download, upload and accept then print how the blocked call ended: "ERROR <errno name> <unix time>",
 "EOF <unix time>" (recv returned 0) or "RETURNED <n> <unix time>".
 """
 import errno
@@ -83,6 +84,18 @@ def upload(port):
         ended(f"ERROR {errno.errorcode.get(e.errno, e.errno)}")
 
 
+def accept():
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+    print("BLOCKED", flush=True)
+    try:
+        c, _ = ls.accept()
+        ended(f"RETURNED {c.fileno()}")
+    except OSError as e:
+        ended(f"ERROR {errno.errorcode.get(e.errno, e.errno)}")
+
+
 def hello(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -94,5 +107,5 @@ def hello(port):
 
 if __name__ == "__main__":
     {"serve": serve, "download": lambda: download(int(sys.argv[2])),
-     "upload": lambda: upload(int(sys.argv[2])), "hello": lambda: hello(int(sys.argv[2]))}[
+     "upload": lambda: upload(int(sys.argv[2])), "accept": accept, "hello": lambda: hello(int(sys.argv[2]))}[
         sys.argv[1]]()
