@@ -1129,10 +1129,9 @@ static void idle_token_take(struct fe_sock *sk, int x)
 
 static void nb_connect_finish(struct mwfe *e, struct fe_sock *sk, uint32_t filler)
 {
-    char junk[256];
-
     while (filler > 0 && sk->src.fd >= 0) {
-        ssize_t n = recv(sk->src.fd, junk, filler < sizeof(junk) ? filler : sizeof(junk),
+        /* the loop's scratch buffer (64 KiB) takes any filler in one call */
+        ssize_t n = recv(sk->src.fd, e->scratch, filler < MW_OOL_MAX ? filler : MW_OOL_MAX,
                          MSG_DONTWAIT);
 
         if (n <= 0)
