@@ -913,7 +913,11 @@ def _mwcomms_paths(client) -> list[str]:
         doms = sorted((d.decode() for d in client.list(b"/local/domain") if d),
                       key=lambda d: int(d) if d.isdigit() else 1 << 30)
     except pyxs.PyXSError:
-        doms = []
+        # a domU may not list the domains: its own home, by the relative key "domid"
+        try:
+            doms = [client.read(b"domid").decode()]
+        except pyxs.PyXSError:
+            doms = []
     for dom in doms:
         for kind in ("device", "backend"):
             p = f"/local/domain/{dom}/{kind}/mwcomms"

@@ -3,6 +3,7 @@ installed console script: the nodes of both ends with their owners and permissio
 from each domain's own unprivileged connection (the frontend cannot write the backend's keys
 and the other way round), then removed; exit codes for the failures an operator meets."""
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -99,10 +100,22 @@ def test_attach_then_xenstore_shows_decoded_states(xs):
     assert f"/local/domain/{FRONT}/device/mwcomms" in r.stdout
     assert 'state = "1 (Initialising)"' in r.stdout
     r = mwctl(daemon, "xenstore", "--json")
-    import json
     doc = json.loads(r.stdout)
     dev = doc[f"/local/domain/{FRONT}/device/mwcomms"]["children"]["0"]
     assert dev["children"]["state"]["state"] == "INITIALISING"
     assert dev["children"]["backend-id"]["value"] == str(INS)
     r = mwctl(daemon, "xenstore", "/local/domain/99")
     assert r.returncode == 5
+    # from inside a domain (its own unprivileged connection, as on a domU): it cannot list
+    # /local/domain, it finds its own device by its home and reads the backend's keys
+    r = subprocess.run([MWCTL, "--dir", "/nonexistent", "--xenstore", daemon.domain_socket(FRONT),
+                        "xenstore", "--json"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert list(json.loads(r.stdout)) == [f"/local/domain/{FRONT}/device/mwcomms"]
+    r = subprocess.run([MWCTL, "--dir", "/nonexistent", "--xenstore", daemon.domain_socket(FRONT),
+                        "--control", "/nonexistent/c.sock", "status", "--json"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    dev, = json.loads(r.stdout)["xenstore"]
+    assert (dev["frontend"], dev["ins"], dev["front_state"], dev["back_state"]) == \
+        (FRONT, INS, "INITIALISING", "INITIALISING")
