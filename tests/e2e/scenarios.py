@@ -829,10 +829,41 @@ def rw_calls():
         x.close()
 
 
+def write_after_peer_close():
+    """Writing to a connection whose peer has closed: the first write goes out, the peer's
+    stack answers RST, later writes fail with EPIPE (and SIGPIPE unless MSG_NOSIGNAL); reads
+    see end of file. A UDP socket disconnected with AF_UNSPEC."""
+    srv, c, a, _ = pair()
+    a.close()
+    time.sleep(0.3)
+    rec("recv-eof", c.recv(10))
+    call("send-first", c.send, b"x" * 10)
+    time.sleep(0.3)
+    call("send-after-rst", c.send, b"y" * 10)
+    got = []
+    old = signal.signal(signal.SIGPIPE, lambda *a: got.append(1))
+    call("send-sigpipe", c.send, b"z")
+    rec("sigpipe-raised", bool(got))
+    del got[:]
+    call("send-nosignal", c.send, b"z", socket.MSG_NOSIGNAL)
+    rec("sigpipe-raised-nosignal", bool(got))
+    signal.signal(signal.SIGPIPE, old)
+    rec("recv-still-eof", c.recv(10))
+    c.close()
+    srv.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(("127.0.0.1", 9))
+    rec("udp-unspec-connect", LIBC.connect(u.fileno(), ctypes.create_string_buffer(16), 16))
+    call("udp-peer-after-unspec", u.getpeername)
+    call("udp-send-after-unspec", u.send, b"q")
+    u.close()
+
+
 SCENARIOS = {f.__name__: f for f in (tcp_basic, tcp_ipv6, errors, unconnected, nonblocking_connect, accept4_flags,
                                       msg_flags, udp, udp_refused, big_transfer, dup_close, fork_child,
                                       exec_child, resolve, mmsg, ioctls, resolve_flags, fd_calls,
-                                      accept_timeout, eintr, sockopts, rw_calls)}
+                                      accept_timeout, eintr, sockopts, rw_calls,
+                                      write_after_peer_close)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]]()
