@@ -859,11 +859,65 @@ def write_after_peer_close():
     u.close()
 
 
+def odd_calls():
+    """Calls out of the common path: names of unbound sockets, double bind, listen/accept on
+    UDP, connect twice, sendto/recvfrom on TCP, SHUT_RD then more data, IPv4-mapped IPv6 peers,
+    a v4 bind on a dual-stack port, SO_LINGER 0 (reset), protocols and types refused."""
+    s = socket.socket()
+    rec("getsockname-unbound", addr(s.getsockname()))
+    s.bind(("127.0.0.1", 0))
+    call("bind-twice", s.bind, ("127.0.0.1", 0))
+    call("accept-not-listening", s.accept)
+    s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    call("listen-udp", u.listen, 1)
+    call("accept-udp", u.accept)
+    rec("udp-name-unbound", addr(u.getsockname()))
+    u.sendto(b"x", ("127.0.0.1", 9))
+    rec("udp-autobound", u.getsockname()[0])
+    u.close()
+    srv, c, a, _ = pair()
+    call("connect-again", c.connect, srv.getsockname())
+    call("sendto-on-tcp", c.sendto, b"st", ("127.0.0.1", 1))
+    time.sleep(0.1)
+    r = a.recvfrom(10)
+    rec("recvfrom-on-tcp", [r[0].decode(), r[1]])
+    a.shutdown(socket.SHUT_RD)
+    rec("recv-after-shut-rd", a.recv(10))
+    c.sendall(b"late")
+    time.sleep(0.2)
+    call("shutdown-bad-how", a.shutdown, 7)
+    for x in (srv, c, a):
+        x.close()
+    v6 = listener(socket.AF_INET6, "::")
+    c6 = socket.socket(socket.AF_INET6)
+    c6.connect(("::ffff:127.0.0.1", v6.getsockname()[1]))
+    a6, p6 = v6.accept()
+    rec("mapped-peer", [p6[0], c6.getpeername()[0]])
+    v4 = socket.socket()
+    v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    call("v4-bind-on-dualstack-port", v4.bind, ("127.0.0.1", v6.getsockname()[1]))
+    for x in (v6, c6, a6, v4):
+        x.close()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    srv = listener()
+    s.connect(srv.getsockname())
+    a, _ = srv.accept()
+    s.close()
+    time.sleep(0.3)
+    call("recv-after-linger0-close", a.recv, 10)
+    a.close()
+    srv.close()
+    call("socket-bad-proto", socket.socket, socket.AF_INET, socket.SOCK_STREAM, 17)
+    call("socket-seqpacket-inet", socket.socket, socket.AF_INET, socket.SOCK_SEQPACKET)
+
+
 SCENARIOS = {f.__name__: f for f in (tcp_basic, tcp_ipv6, errors, unconnected, nonblocking_connect, accept4_flags,
                                       msg_flags, udp, udp_refused, big_transfer, dup_close, fork_child,
                                       exec_child, resolve, mmsg, ioctls, resolve_flags, fd_calls,
                                       accept_timeout, eintr, sockopts, rw_calls,
-                                      write_after_peer_close)}
+                                      write_after_peer_close, odd_calls)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]]()

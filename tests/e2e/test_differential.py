@@ -19,7 +19,7 @@ MWCOMMS = os.path.join(os.path.dirname(sys.executable), "mwcomms")
 NAMES = ["tcp_basic", "tcp_ipv6", "errors", "nonblocking_connect", "accept4_flags", "msg_flags",
          "udp", "big_transfer", "dup_close", "fork_child", "exec_child", "resolve",
          "unconnected", "udp_refused", "mmsg", "ioctls", "resolve_flags", "fd_calls",
-         "accept_timeout", "eintr", "sockopts", "rw_calls",
+         "accept_timeout", "eintr", "sockopts", "rw_calls", "odd_calls",
          pytest.param("write_after_peer_close", marks=pytest.mark.xfail(
              strict=True, reason="after the INS reported EOF, a send that fails (peer reset) is "
              "not reported: the INS discards the bytes (tx_dead) and the app's writes keep "
