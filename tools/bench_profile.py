@@ -29,6 +29,9 @@ LOADS = {
     "bulk8": ["bulk", "--streams", "8", "--seconds", "2"],
 }
 
+# the real workloads: only the daemons are traced (the programs are Debian's)
+WORKLOADS = ("redis", "http")
+
 _SECTION = re.compile(r"^\s*(\S.*?) \((\d+)\), \d+ events")
 _ROW = re.compile(r"^\s+([a-z_0-9]+)\s+(\d+)\s+(\d+)\s")
 
@@ -104,7 +107,7 @@ def _trace_daemon(pid: int, path: str) -> subprocess.Popen:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mwcomms.tools.bench_profile",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--load", choices=sorted(LOADS), default="rr")
+    ap.add_argument("--load", choices=sorted(LOADS) + sorted(WORKLOADS), default="rr")
     ap.add_argument("--out", default="build/bench/profile")
     ap.add_argument("--no-record", action="store_true", help="skip perf record")
     args = ap.parse_args(argv)
@@ -115,16 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONSAFEPATH="1")
     env.pop("LD_PRELOAD", None)
     mwload = bench.compile_mwload(args.out)
-    load = [mwload] + LOADS[args.load]
     report = []
     with bench.Backbone(env) as bb:
         native = bench.native_side(env)
         fwd = bench.forwarded_side(bb.dir, env)
+        native.mwload = fwd.mwload = mwload
         daemons = bb.daemons()
+        if args.load in WORKLOADS:
+            report = _workload(args, fwd, daemons)
+            return _finish(args, report)
+        load = [mwload] + LOADS[args.load]
         results = {}
         # the engine thread vs the Python threads, measured without tracing
         before = {n: threads(pid) for n, pid in daemons.items()}
-        fwd.mwload = mwload
         res = fwd.mwload_json(*LOADS[args.load])
         ops = ops_of(args.load, res)
         report.append(f"forwarded, untraced: {json.dumps(res)}")
@@ -149,14 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             report.append(f"{side.name}: {json.dumps(res)}")
             report += _show("load programs (mwload, both ends)", apps.get("mwload", {}), ops)
             for name in tracers:
-                with open(os.path.join(args.out, f"{args.load}.{name}.trace")) as f:
-                    table: dict[str, list[int]] = {}
-                    for per in parse_trace(f.read()).values():
-                        for sc, (c, e) in per.items():
-                            table.setdefault(sc, [0, 0])
-                            table[sc][0] += c
-                            table[sc][1] += e
-                report += _show(name, table, ops)
+                report += _show(name, _daemon_table(os.path.join(args.out, f"{args.load}.{name}.trace")), ops)
         if not args.no_record:
             data = os.path.join(args.out, f"{args.load}.perf.data")
             rec = subprocess.Popen(["perf", "record", "-q", "-g", "-o", data, "-p",
@@ -172,6 +171,44 @@ def main(argv: list[str] | None = None) -> int:
             top = [l for l in rep.stdout.splitlines() if "%" in l and not l.startswith("#")][:15]
             report += ["", f"perf record -g of mwcommsd + INS during the forwarded run "
                            f"(cpu-clock samples; {data}):"] + top
+    return _finish(args, report)
+
+
+def _daemon_table(path: str) -> dict[str, list[int]]:
+    """One daemon's `perf trace -s` file, all its threads summed."""
+    table: dict[str, list[int]] = {}
+    with open(path) as f:
+        for per in parse_trace(f.read()).values():
+            for sc, (c, e) in per.items():
+                table.setdefault(sc, [0, 0])
+                table[sc][0] += c
+                table[sc][1] += e
+    return table
+
+
+def _workload(args, fwd: bench.Side, daemons: dict[str, int]) -> list[str]:
+    """A real workload (quick sizes) forwarded, untraced then with the daemons traced."""
+    case = {c.name: c for c in bench.CASES}[args.load]
+    params = bench.Params.quick()
+    before = {n: threads(pid) for n, pid in daemons.items()}
+    res = case.run(fwd, params)
+    report = [f"forwarded, untraced: {json.dumps(res)}"]
+    for n, pid in daemons.items():
+        report.append(f"  {n}: {thread_split(before[n], threads(pid), res['ops'])}")
+    paths = {n: os.path.join(args.out, f"{args.load}.{n}.trace") for n in daemons}
+    tracers = {n: _trace_daemon(pid, paths[n]) for n, pid in daemons.items()}
+    time.sleep(1.0)
+    res = case.run(fwd, params)
+    for t in tracers.values():
+        t.send_signal(signal.SIGINT)
+        t.wait(30)
+    report.append(f"forwarded, daemons traced: {json.dumps(res)} (per request)")
+    for n in daemons:
+        report += _show(n, _daemon_table(paths[n]), res["ops"])
+    return report
+
+
+def _finish(args, report: list[str]) -> int:
     text = "\n".join(report)
     print(text)
     with open(os.path.join(args.out, f"{args.load}.txt"), "w") as f:
