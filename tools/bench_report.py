@@ -72,9 +72,10 @@ def table(result: dict) -> str:
             notes.append(f"{r['case']}: {e}")
         d = r.get("detail")
         if d and r["case"] == "conn_memory":
-            parts = [f"{d['conns']} of {d['wanted']} connections opened (forwarded: the client "
-                     "under the shim, the server native in the INS's namespace)"
-                     + (f" (stopped by: {d['stopped_by']})" if d.get("stopped_by") else "")]
+            parts = [f"{d['conns']} of {d['wanted']} connections opened"
+                     + (f" (then: {d['stopped_by']})" if d.get("stopped_by") else "")
+                     + " with the client under the shim and the server native in the INS's "
+                     "namespace"]
             for k in ("mwcommsd", "ins"):
                 if f"{k}_pss_per_conn" in d:
                     parts.append(f"{k} {d[f'{k}_pss_per_conn'] / 1024:.1f} KiB Pss/conn")
@@ -92,11 +93,14 @@ def table(result: dict) -> str:
             cpu.append(f"  {label:<11} {c['op']:<11} {n['apps_cpu_us']:8.1f} us {n['apps_switches']:5.1f} sw"
                        f" | {f['apps_cpu_us']:8.1f} us {f['apps_switches']:5.1f} sw"
                        f" | {f.get('mwcommsd_cpu_us', 0):8.1f} us {f.get('mwcommsd_switches', 0):5.1f} sw"
-                       f" | {f.get('ins_cpu_us', 0):8.1f} us {f.get('ins_switches', 0):5.1f} sw")
+                       f" | {f.get('ins_cpu_us', 0):8.1f} us {f.get('ins_switches', 0):5.1f} sw"
+                       f" | {_cpu_ratio(n, f)}")
     if cpu:
         notes += ["", "Cost per operation (median of runs): CPU time and context switches",
                   f"  {'case':<11} {'op':<11} {'native programs':>20} | {'forwarded programs':>20}"
-                  f" | {'mwcommsd':>20} | {'INS':>20}"] + cpu
+                  f" | {'mwcommsd':>20} | {'INS':>20} | CPU nat/fwd"] + cpu
+        notes.append("  (CPU nat/fwd: native CPU per operation over the forwarded CPU of every "
+                     "process: when both sides keep every core busy, their rates compare about so)")
     ref = result.get("reference") or {}
     if "ring_rtt_sleep_us" in ref:
         notes += ["", "Reference, this machine now (make demo's link probe, no sockets): one ring "
@@ -107,6 +111,12 @@ def table(result: dict) -> str:
     if notes:
         out += [""] + notes
     return "\n".join(out)
+
+
+def _cpu_ratio(native: dict, fwd: dict) -> str:
+    n = sum(v for k, v in native.items() if k.endswith("_cpu_us"))
+    f = sum(v for k, v in fwd.items() if k.endswith("_cpu_us"))
+    return f"{n / f:.2f}" if f > 0 else "-"
 
 
 def _relative_performance(r: dict) -> float | None:
