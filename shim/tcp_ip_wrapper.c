@@ -2075,13 +2075,17 @@ static inline ssize_t mw_stream_got(int fd, ssize_t n, size_t want)
 
 /* Stream sockets: a connected TCP socket ignores a destination address; no source address
  * is reported (the socketpair would report its own AF_UNIX one). */
+/* TCP urgent data is not carried: an MSG_OOB byte goes inline (as a peer with SO_OOBINLINE
+ * would read it) instead of into X's own out-of-band slot, where mwcommsd never reads it. */
+#define MW_STREAM_SEND_FLAGS(f) ((f) & ~MSG_OOB)
+
 static ssize_t mw_stream_sendmsg(int fd, const struct msghdr *m, int flags)
 {
     struct msghdr s = *m;
 
     s.msg_name = NULL;
     s.msg_namelen = 0;
-    return libc_sendmsg(fd, &s, flags);
+    return libc_sendmsg(fd, &s, MW_STREAM_SEND_FLAGS(flags));
 }
 
 static ssize_t mw_stream_recvmsg(int fd, struct msghdr *m, int flags)
@@ -2167,7 +2171,7 @@ static ssize_t mw_sendto(int fd, const void *buf, size_t len, int flags, const s
     case MW_PATH_LIBC:
         return libc_sendto(fd, buf, len, flags, sa, salen);
     case MW_PATH_STREAM:
-        return libc_send(fd, buf, len, flags);
+        return libc_send(fd, buf, len, MW_STREAM_SEND_FLAGS(flags));
     default:
         return mw_sendmsg(fd, &m, flags);
     }
@@ -2286,9 +2290,14 @@ static ssize_t mw_send(int fd, const void *buf, size_t len, int flags)
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
     struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 
-    if (mw_data_path(fd) != MW_PATH_LOOKUP)
+    switch (mw_data_path(fd)) {
+    case MW_PATH_LIBC:
         return libc_send(fd, buf, len, flags);
-    return mw_sendmsg(fd, &m, flags);
+    case MW_PATH_STREAM:
+        return libc_send(fd, buf, len, MW_STREAM_SEND_FLAGS(flags));
+    default:
+        return mw_sendmsg(fd, &m, flags);
+    }
 }
 
 static ssize_t mw_recv(int fd, void *buf, size_t len, int flags)

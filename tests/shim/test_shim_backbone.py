@@ -131,3 +131,20 @@ def test_errnos_same_as_native(backbone, cbuild):
     r = mwrun(backbone, [exe, "errnos"], env=env)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     assert r.stdout.splitlines() == native.stdout.splitlines()
+
+
+def test_urgent_data_goes_inline(backbone):
+    """MSG_OOB is not carried as urgent data: the byte arrives inline, in order (as a peer
+    with SO_OOBINLINE reads it), never lost."""
+    code = ("import socket,time\n"
+            "l=socket.socket(); l.bind(('127.0.0.1',0)); l.listen(1)\n"
+            "c=socket.create_connection(l.getsockname()); a,_=l.accept()\n"
+            "c.send(b'ab'); c.send(b'!', socket.MSG_OOB); c.send(b'cd'); c.close()\n"
+            "got=b''\n"
+            "while True:\n"
+            "    d=a.recv(10)\n"
+            "    if not d: break\n"
+            "    got+=d\n"
+            "print(got.decode())\n")
+    r = mwrun(backbone, [sys.executable, "-c", code])
+    assert r.stdout.strip() == "ab!cd", r.stdout + r.stderr
