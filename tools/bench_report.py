@@ -168,7 +168,8 @@ def chart(result: dict, path: str) -> None:
         ax2.axhline(t["goal"], color="black", lw=2)
         ax2.set_ylabel(r["unit"])
         d = r.get("detail") or {}
-        ax2.set_title(f"{r['title']}\n({d.get('conns', '?')} connections)", fontsize=8)
+        ax2.set_title(f"{r['title']}\n({d.get('conns', '?')} of {d.get('wanted', '?')} "
+                      "connections opened)", fontsize=8)
     if not mem:
         ax2.axis("off")
     fig.tight_layout()
