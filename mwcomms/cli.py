@@ -73,6 +73,15 @@ def load_state(run_dir: str) -> dict:
     return state
 
 
+def _proc_state(pid: int) -> str:
+    """The process's state letter from /proc (R, S, T, Z...), "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -80,11 +89,19 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:                                # a zombie is dead, whoever has yet to reap it
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return _proc_state(pid) != "Z"      # a zombie is dead, whoever has yet to reap it
+
+
+def _stopped(state: dict) -> str:
+    """A warning about components that are stopped (SIGSTOP, a debugger): alive, but every
+    call that needs them waits. Empty when none is."""
+    stopped = [f"{name} (pid {pid})" for name, pid in state.get("pids", {}).items()
+               if _proc_state(pid) in ("T", "t")]
+    if not stopped:
+        return ""
+    pids = " ".join(str(state["pids"][n.split()[0]]) for n in stopped)
+    return (f"{', '.join(stopped)} {'is' if len(stopped) == 1 else 'are'} stopped: socket "
+            f"calls wait until it runs again (`kill -CONT {pids}`)")
 
 
 def _env() -> dict:
@@ -141,7 +158,9 @@ def cmd_up(args) -> int:
     if old is not None:
         dead = _dead(old)
         if not dead:
-            raise CliError(f"the backbone is already up ({_state_path(run_dir)}); `mwcomms down` first")
+            stopped = _stopped(old)
+            raise CliError(f"the backbone is already up ({_state_path(run_dir)})" +
+                           (f", but {stopped}" if stopped else "; `mwcomms down` first"))
         if _restartable(old, dead):
             return _restart(old, dead, args.timeout)
         print(f"mwcomms up: the previous backbone is broken ({', '.join(dead)} not running): "
@@ -331,6 +350,9 @@ def cmd_run(args) -> int:
     if not args.command:
         raise CliError("nothing to run: mwcomms run [--isolate] -- CMD ARGS...", EXIT_USAGE)
     state = load_state(args.dir)
+    stopped = _stopped(state)
+    if stopped:
+        print(f"mwcomms run: warning: {stopped}", file=sys.stderr)
     env = run_env(state)
     cmd = list(args.command)
     if args.isolate:

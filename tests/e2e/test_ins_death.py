@@ -139,7 +139,8 @@ def test_stopped_ins_stalls_then_resumes(backbone, server, programs):
     try:
         t0 = time.monotonic()
         p = programs(backbone.argv([PY, PROG, "hello", server]), "hello-while-stopped")
-        time.sleep(2)
+        up = backbone.cli("up", timeout=30)     # says what is wrong and how to fix it
+        time.sleep(max(0.0, 2 - (time.monotonic() - t0)))
         stalled = p.proc.poll() is None
     finally:
         os.kill(ins, signal.SIGCONT)
@@ -147,5 +148,7 @@ def test_stopped_ins_stalls_then_resumes(backbone, server, programs):
     print(f"INS stopped for 2 s: a new connection {'waited' if stalled else 'did not wait'}, "
           f"then ended after {time.monotonic() - t0:.2f} s with {p.text().strip()!r}")
     assert stalled, p.text()
+    assert up.returncode == 1 and f"ins (pid {ins}) is stopped" in up.stderr and \
+        f"kill -CONT {ins}" in up.stderr, up.stderr
     assert p.text().strip().splitlines()[-1] == "OK hello", p.text()
     assert hello(backbone, server) == "OK hello"
