@@ -42,5 +42,10 @@ bench: all
 	@tools/bench/install-deps.sh $(PY)
 	$(PY) -m mwcomms.tools.bench --out build/bench $(BENCH_ARGS)
 
+# The INS as a Xen PV image in build/ins-image (docs/xen.md): Debian's kernel, an initramfs
+# with only the INS, an xl config. Fetches its Debian packages with apt-get download.
+ins-image: all
+	$(PY) -m mwcomms.tools.insimage --out build/ins-image $(INS_IMAGE_ARGS)
+
 clean:
 	rm -rf build $(VENV) *.egg-info

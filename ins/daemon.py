@@ -2,7 +2,7 @@
 
     python -m mwcomms.ins.daemon --backend sim --sim-dir D --domid 2 --xenstore SOCKET [--log F]
                                  [--stats F] [--max-socks N] [--max-buf-mb N]
-    python -m mwcomms.ins.daemon                 # on Xen: platform and domid found by itself
+    python -m mwcomms.ins.daemon --backend xen   # on Xen: domid and XenStore found by itself
 
 It watches /local/domain/<ins>/backend/mwcomms/ for device directories (created by the
 toolstack's `xenbus.attach`), runs one BackendDriver with a BackLink per device, attaches the
@@ -11,6 +11,10 @@ on teardown. The engine's loop runs in a thread of its own; a frontend the engin
 for a protocol violation gets the reason in its backend `error` key and is closed (Closing,
 Closed), after which the device advertises again for a fresh connection. SIGTERM and SIGINT
 close every device cleanly (Closing, Closed) and exit 0.
+
+XenStore: the --xenstore path is a Unix socket (the sim's xenstored, or dom0's C xenstored) or
+a xenbus character device (a domU's /dev/xen/xenbus); without it, the local xenstored's socket
+when there is one, else /dev/xen/xenbus (the INS image, tools/insimage.py).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import os
 import queue
 import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -38,6 +43,22 @@ from ._engine import Engine
 __all__ = ["InsDaemon", "main"]
 
 log = logging.getLogger("mwcomms.ins")
+
+XENBUS_DEVICE = "/dev/xen/xenbus"
+XENSTORED_SOCKET = "/run/xenstored/socket"
+
+
+def connect_xenstore(xs_path: str | None) -> pyxs.Client:
+    """A connected pyxs client for `xs_path` (see the module docstring)."""
+    if xs_path is None and not os.path.exists(XENSTORED_SOCKET) and os.path.exists(XENBUS_DEVICE):
+        xs_path = XENBUS_DEVICE
+    try:
+        device = xs_path is not None and stat.S_ISCHR(os.stat(xs_path).st_mode)
+    except OSError:
+        device = False
+    if device:
+        return xenbus.connect_xenstore(xenbus_path=xs_path)
+    return xenbus.connect_xenstore(xs_path)
 
 
 class _Device:
@@ -143,7 +164,7 @@ class InsDaemon:
         self.root = f"/local/domain/{domid}/backend/mwcomms"
 
     def xs_client(self) -> pyxs.Client:
-        return xenbus.connect_xenstore(self.xs_path)
+        return connect_xenstore(self.xs_path)
 
     def _scan(self, client: pyxs.Client) -> set[tuple[int, int]]:
         """The devices the toolstack has attached to this INS now."""
@@ -252,7 +273,7 @@ class InsDaemon:
 
 
 def _xen_domid(xs_path: str | None) -> int:
-    client = xenbus.connect_xenstore(xs_path)
+    client = connect_xenstore(xs_path)
     try:
         return int(client.read(b"domid"))
     finally:
@@ -265,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-dir", help="sim platform directory")
     ap.add_argument("--domid", type=int, help="this INS's domain id (sim; on Xen read from "
                                               "XenStore)")
-    ap.add_argument("--xenstore", help="XenStore socket (default: the platform's own)")
+    ap.add_argument("--xenstore", help="XenStore socket or xenbus device (default: the "
+                                       "local xenstored, else /dev/xen/xenbus)")
     ap.add_argument("--log", help="log file (default: stderr)")
     ap.add_argument("--max-socks", type=int, default=0, help="sockets per frontend")
     ap.add_argument("--max-buf-mb", type=int, default=0,

@@ -1,15 +1,17 @@
 """Boot real Xen 4.17 with a Debian dom0 and a PV domU under QEMU, run the test payload, report.
 
 Everything comes from Debian bookworm packages (packages.txt) fetched with `apt-get download`
-and unpacked with dpkg-deb; nothing is installed on the host but QEMU and gcc. Stages:
+and unpacked with dpkg-deb (mwcomms.tools._debimage); nothing is installed on the host but QEMU
+and gcc. Stages:
 
   1. host tools   qemu-system-x86_64 and gcc (tools/install-deps.sh installs them as root)
   2. download     apt-get download of packages.txt into the cache, keyed by the resolved list
   3. extract      dpkg-deb into the cache (kernel: only the image and the Xen modules), the
                   Python stdlib precompiled once, the domU kernel turned into a gzip'd ELF
-  4. build        the C test programs (static), then two initramfs images written directly as
-                  newc cpio: dom0 (Xen tools, Python 3.11, the installed mwcomms package from
-                  the venv, the payload) and the domU (busybox, xenstore client, the programs)
+  4. build        the C test programs (static), then the initramfs images written directly as
+                  newc cpio: the domU (busybox, xenstore client, the programs), the INS image
+                  (tools/insimage.py, as `make ins-image`), and dom0 (Xen tools, Python 3.11,
+                  the installed mwcomms package from the venv, curl, the INS image, the payload)
   5. boot         QEMU TCG, Xen on com1 = QEMU stdout; one boot at a time (a lock file)
   6. report       the XENT lines of the payload (see steps.py for the protocol)
 
@@ -28,22 +30,23 @@ import glob
 import gzip
 import hashlib
 import importlib.util
-import lzma
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
+
+# Fetching, unpacking and image writing are the package's (shared with `make ins-image`).
+from mwcomms.tools import _debimage as deb
+from mwcomms.tools import insimage
+from mwcomms.tools._debimage import MULTIARCH, Cpio, SetupError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
 GUEST = os.path.join(HERE, "guest")
 XENVER = "4.17"
-MULTIARCH = "x86_64-linux-gnu"
 
 EXIT_OK, EXIT_FAIL, EXIT_SETUP, EXIT_NOBOOT, EXIT_NOQEMU = 0, 1, 2, 3, 4
 
@@ -54,10 +57,6 @@ QEMU_ENV_ERROR = re.compile(r"(?i)no accelerator found|invalid accelerator|faile
                             r"|could not access KVM|Cannot allocate memory")
 # A result line; searched, not anchored, in case other console output lands before it.
 XENT_LINE = re.compile(r"(?<![A-Za-z-])XENT (PASS|FAIL|SKIP) ([A-Za-z0-9_./+-]+)(?::\s?(.*))?$")
-
-
-class SetupError(Exception):
-    """The harness could not prepare the images (download, extraction, build)."""
 
 
 class NoQemu(Exception):
@@ -128,17 +127,6 @@ class _Clock:
         self._log("[realxen +%5.1fs] %s" % (self.since(), msg))
 
 
-def _run(cmd, **kw):
-    """subprocess.run that raises SetupError with the tail of the output on failure."""
-    kw.setdefault("stdout", subprocess.PIPE)
-    kw.setdefault("stderr", subprocess.STDOUT)
-    proc = subprocess.run(cmd, text=True, **kw)
-    if proc.returncode != 0:
-        tail = (proc.stdout or "").strip().splitlines()[-15:]
-        raise SetupError("%s failed (rc=%d): %s" % (cmd[0], proc.returncode, "\n".join(tail)))
-    return proc.stdout
-
-
 # ------------------------------------------------------------------ 1. host tools
 
 def ensure_host_tools(clock):
@@ -161,226 +149,18 @@ def read_package_list():
         return [w for line in f for w in line.split("#", 1)[0].split()]
 
 
-def _apt_lists_present():
-    lists = "/var/lib/apt/lists"
-    return os.path.isdir(lists) and any("Packages" in n for n in os.listdir(lists))
-
-
-def _apt_update(clock):
-    clock.log("apt-get update")
-    _run(["apt-get", "update", "-qq"])
-
-
-def resolve_packages(clock):
-    """packages.txt with the kernel metapackage replaced by the versioned image it depends on."""
-    if not _apt_lists_present():
-        _apt_update(clock)
-    out = []
-    for name in read_package_list():
-        if name == "linux-image-amd64":
-            deps = _run(["apt-cache", "depends", name])
-            m = re.search(r"Depends: (linux-image-[0-9][^\s]*)", deps)
-            if not m:
-                raise SetupError("cannot resolve linux-image-amd64: %s" % deps.strip())
-            name = m.group(1)
-        out.append(name)
-    return out
-
-
-def download(cfg, clock, packages):
-    """apt-get download into cache/debs-<key>; a finished directory is reused as it is."""
-    key = hashlib.sha256("\n".join(sorted(packages)).encode()).hexdigest()[:16]
-    debs = os.path.join(cfg.cache, "debs-" + key)
-    if os.path.exists(os.path.join(debs, ".done")):
-        return key, debs
-    os.makedirs(cfg.cache, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="debs-", dir=cfg.cache)
-    clock.log("downloading %d Debian packages into %s" % (len(packages), debs))
-    for attempt in (1, 2):
-        proc = subprocess.run(["apt-get", "download", "-q"] + packages, cwd=tmp, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        if proc.returncode == 0:
-            break
-        if attempt == 2:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SetupError("apt-get download failed: %s" % proc.stdout.strip()[-1500:])
-        _apt_update(clock)   # stale lists: a version that left the mirror
-    got = os.listdir(tmp)
-    for p in packages:
-        if not any(n.startswith(p + "_") and n.endswith(".deb") for n in got):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SetupError("package %s was not downloaded" % p)
-    open(os.path.join(tmp, ".done"), "w").close()
-    shutil.rmtree(debs, ignore_errors=True)
-    os.rename(tmp, debs)
-    size = sum(os.path.getsize(os.path.join(debs, n)) for n in got)
-    clock.log("downloaded %d packages, %.0f MB" % (len(got), size / 1e6))
-    return key, debs
-
-
-# ------------------------------------------------------------------ 3. extract
-
-def _python311(cfg):
-    """A host Python 3.11 to precompile the dom0 stdlib (same bytecode as Debian's 3.11)."""
-    for cand in (os.path.join(cfg.venv, "bin", "python"), sys.executable, shutil.which("python3.11")):
-        if not cand or not os.path.exists(cand):
-            continue
-        out = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2])"],
-                             stdout=subprocess.PIPE, text=True).stdout.strip()
-        if out == "(3, 11)":
-            return cand
-    return None
-
-
-def extract(cfg, clock, key, debs):
-    """Unpack every package into cache/root-<key> (once) and derive the cached artefacts."""
-    root = os.path.join(cfg.cache, "root-" + key)
-    if os.path.exists(os.path.join(root, ".done")):
-        return root
-    clock.log("extracting into %s" % root)
-    tmp = tempfile.mkdtemp(prefix="root-", dir=cfg.cache)
-    for deb in sorted(os.listdir(debs)):
-        if not deb.endswith(".deb"):
-            continue
-        path = os.path.join(debs, deb)
-        if deb.startswith("linux-image-"):
-            # only the image and the Xen modules: the whole package unpacks to ~400 MB
-            tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", path], stdout=subprocess.PIPE)
-            _run(["tar", "-x", "-C", tmp, "--wildcards", "./boot/vmlinuz-*",
-                  "./lib/modules/*/kernel/drivers/xen/*"], stdin=tar.stdout)
-            tar.wait()
-        else:
-            _run(["dpkg-deb", "-x", path, tmp])
-    _derive(cfg, clock, tmp)
-    open(os.path.join(tmp, ".done"), "w").close()
-    shutil.rmtree(root, ignore_errors=True)
-    os.rename(tmp, root)
+def prepare_root(cfg, clock):
+    """Download and unpack packages.txt (cached), and Xen as a plain ELF for QEMU's multiboot
+    loader. @return the unpacked tree"""
+    root = deb.fetch(cfg.cache, read_package_list(), clock.log,
+                     python=deb.host_python311(os.path.join(cfg.venv, "bin", "python")))
+    xen_elf = os.path.join(root, "boot", "xen.elf")
+    if not os.path.exists(xen_elf):
+        with gzip.open(os.path.join(root, "boot", "xen-%s-amd64.gz" % XENVER)) as src, \
+                open(xen_elf + ".tmp", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(xen_elf + ".tmp", xen_elf)
     return root
-
-
-def _derive(cfg, clock, root):
-    """Xen as a plain ELF, the domU kernel as a gzip'd ELF, the Python stdlib precompiled."""
-    boot = os.path.join(root, "boot")
-    with gzip.open(os.path.join(boot, "xen-%s-amd64.gz" % XENVER)) as src, \
-            open(os.path.join(boot, "xen.elf"), "wb") as dst:
-        shutil.copyfileobj(src, dst)          # QEMU's multiboot loader wants the ELF
-
-    # libxenguest decompresses an xz bzImage slowly under TCG (~7 s); a gzip'd, stripped ELF
-    # vmlinux loads in ~3 s
-    vmlinuz = [n for n in os.listdir(boot) if n.startswith("vmlinuz-")][0]
-    with open(os.path.join(boot, vmlinuz), "rb") as f:
-        image = f.read()
-    start = image.find(b"\xfd7zXZ\x00")
-    if start < 0:
-        raise SetupError("%s holds no xz payload" % vmlinuz)
-    elf = os.path.join(boot, "vmlinux")
-    with open(elf, "wb") as f:
-        f.write(lzma.LZMADecompressor().decompress(image[start:]))
-    _run(["strip", elf])
-    with open(elf, "rb") as src, gzip.open(elf + ".gz", "wb", compresslevel=1) as dst:
-        shutil.copyfileobj(src, dst)
-    os.unlink(elf)
-
-    py = _python311(cfg)
-    stdlib = os.path.join(root, "usr", "lib", "python3.11")
-    if py:
-        clock.log("precompiling the dom0 Python stdlib with %s" % py)
-        # unchecked-hash: the .pyc is used without looking at the source's mtime
-        _run([py, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-              "-x", r"/(test|idlelib|tkinter|turtledemo|lib2to3|ensurepip)/", stdlib])
-    else:
-        clock.log("no host Python 3.11: dom0 compiles its stdlib at import (slower)")
-
-
-# ------------------------------------------------------------------ 4. build
-
-class Cpio:
-    """An initramfs image, written directly in the newc cpio format the kernel unpacks.
-
-    Entries are collected first (path -> what), so nothing is staged on disk; parents are
-    created implicitly. Owner is always root."""
-
-    def __init__(self):
-        self.entries = {}
-
-    def _put(self, path, entry):
-        path = path.strip("/")
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            self.entries.setdefault("/".join(parts[:i]), ("dir", 0o755, None))
-        self.entries[path] = entry
-
-    def dir(self, path, mode=0o755):
-        self._put(path, ("dir", mode, None))
-
-    def file(self, path, src, mode=None):
-        mode = stat.S_IMODE(os.stat(src).st_mode) if mode is None else mode
-        self._put(path, ("file", mode, src))
-
-    def data(self, path, content, mode=0o644):
-        self._put(path, ("data", mode, content.encode() if isinstance(content, str) else content))
-
-    def symlink(self, path, target):
-        self._put(path, ("symlink", 0o777, target))
-
-    def chardev(self, path, major, minor, mode=0o600):
-        self._put(path, ("chardev", mode, (major, minor)))
-
-    def tree(self, path, src, skip=None):
-        """Copy the directory src to path, symlinks kept, `skip(relpath)` true = left out."""
-        for dirpath, dirnames, filenames in os.walk(src):
-            rel = os.path.relpath(dirpath, src)
-            if skip:
-                dirnames[:] = [d for d in dirnames if not skip(os.path.normpath(os.path.join(rel, d)))]
-            for name in dirnames + filenames:
-                r = os.path.normpath(os.path.join(rel, name))
-                if skip and skip(r):
-                    continue
-                s = os.path.join(dirpath, name)
-                if os.path.islink(s):
-                    self.symlink(os.path.join(path, r), os.readlink(s))
-                elif os.path.isdir(s):
-                    self.dir(os.path.join(path, r))
-                else:
-                    self.file(os.path.join(path, r), s)
-
-    def write(self, out, compress=False):
-        opener = (lambda p: gzip.open(p, "wb", compresslevel=1)) if compress else (lambda p: open(p, "wb"))
-        size = 0
-        with opener(out) as f:
-            ino = 1
-            for path in sorted(self.entries):
-                kind, mode, what = self.entries[path]
-                body, rdev, mtime = b"", (0, 0), 0
-                if kind == "dir":
-                    mode |= stat.S_IFDIR
-                elif kind == "symlink":
-                    mode |= stat.S_IFLNK
-                    body = what.encode()
-                elif kind == "chardev":
-                    mode |= stat.S_IFCHR
-                    rdev = what
-                else:
-                    mode |= stat.S_IFREG
-                    if kind == "file":
-                        with open(what, "rb") as src:
-                            body = src.read()
-                        mtime = int(os.stat(what).st_mtime)   # keeps timestamp .pyc valid
-                    else:
-                        body = what
-                self._entry(f, path, ino, mode, mtime, body, rdev)
-                size += len(body)
-                ino += 1
-            self._entry(f, "TRAILER!!!", 0, 0, 0, b"", (0, 0))
-        return size
-
-    @staticmethod
-    def _entry(f, name, ino, mode, mtime, body, rdev):
-        name_b = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, mtime, len(body), 0, 0, rdev[0], rdev[1], len(name_b), 0)
-        head = b"070701" + b"".join(b"%08x" % v for v in fields)
-        f.write(head + name_b + b"\0" * (-(len(head) + len(name_b)) % 4))
-        f.write(body + b"\0" * (-len(body) % 4))
 
 
 @dataclass
@@ -433,46 +213,6 @@ def build_programs(cfg, clock, root):
     return manifest
 
 
-class _Libs:
-    """Shared libraries of ELF files, resolved against the extracted Debian tree, not the host."""
-
-    def __init__(self, root):
-        self.root = root
-        self.ldso = os.path.join(root, "lib", MULTIARCH, "ld-linux-x86-64.so.2")
-        self.path = "%s:%s" % (os.path.join(root, "lib", MULTIARCH), os.path.join(root, "usr", "lib", MULTIARCH))
-
-    def needed(self, elf):
-        """@return (resolved paths, names not found)"""
-        proc = subprocess.run([self.ldso, "--library-path", self.path, "--list", elf],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        found, missing = [], []
-        for line in proc.stdout.splitlines():
-            m = re.match(r"\s*(\S+) => (\S+)", line)
-            if m and m.group(2) == "not":
-                missing.append(m.group(1))
-            elif m and m.group(2).startswith("/"):
-                found.append(m.group(2))
-        return found, missing
-
-    def add(self, img, elfs, required=True):
-        """Copy what `elfs` need into /usr/lib/<multiarch>; @return the elfs that cannot load."""
-        broken = []
-        for elf in elfs:
-            found, missing = self.needed(elf)
-            if missing:
-                if required:
-                    raise SetupError("%s needs libraries not in the package list: %s" % (elf, missing))
-                broken.append(elf)
-                continue
-            for lib in found:
-                img.file("usr/lib/%s/%s" % (MULTIARCH, os.path.basename(lib)), os.path.realpath(lib), 0o755)
-        return broken
-
-    def add_loader(self, img):
-        img.file("lib/%s/ld-linux-x86-64.so.2" % MULTIARCH, os.path.realpath(self.ldso), 0o755)
-        img.symlink("lib64/ld-linux-x86-64.so.2", "/lib/%s/ld-linux-x86-64.so.2" % MULTIARCH)
-
-
 def _add_sums(img, prefixes):
     """/xent/sha256sums: the digests of the image's files under `prefixes`, for the integrity
     step (busybox sha256sum -c): a page of the guest's page cache that a bad grant unmap or
@@ -500,7 +240,7 @@ def build_domu_image(cfg, root, kver, manifest):
     mods = os.path.join(root, "lib", "modules", kver, "kernel", "drivers", "xen")
     for m in ("xen-evtchn", "xen-gntalloc", "xen-gntdev"):
         img.file("lib/modules/%s.ko" % m, os.path.join(mods, m + ".ko"))
-    libs = _Libs(root)
+    libs = deb.Libs(root)
     xs = os.path.join(root, "usr", "bin", "xenstore")
     img.file("usr/bin/xenstore", xs, 0o755)
     for op in ("read", "write", "ls", "rm", "exists", "watch"):
@@ -517,9 +257,39 @@ def build_domu_image(cfg, root, kver, manifest):
 
 
 VENV_PACKAGES = ("mwcomms", "pyxs", "cffi", "pycparser")
+INS_DIR = "var/lib/mwcomms/ins"      # where dom0 keeps the INS image (its xl config says so)
 
 
-def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
+def _netcases():
+    spec = importlib.util.spec_from_file_location("realxen_netcases", os.path.join(GUEST, "netcases.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _site(cfg):
+    site = os.path.join(cfg.venv, "lib", "python3.11", "site-packages")
+    if not os.path.isdir(site):
+        other = glob.glob(os.path.join(cfg.venv, "lib", "python3.*", "site-packages"))
+        if other:
+            raise SetupError("%s is a %s venv, the guests run Debian bookworm's Python 3.11: its "
+                             "extensions (cffi, mwcomms._native) would not load there"
+                             % (cfg.venv, other[0].split(os.sep)[-2]))
+        raise SetupError("%s missing: run `make` first" % site)
+    return site
+
+
+def build_ins_image(cfg, clock, root):
+    """The INS image exactly as `make ins-image` builds it (tools/insimage.py), its config's
+    paths pointing at INS_DIR in dom0. @return insimage.build's answer"""
+    out = insimage.build(root, _site(cfg), os.path.join(cfg.build, "ins-image"),
+                         install_dir="/" + INS_DIR, log=clock.log)
+    clock.log("INS image %.1f MB (kernel %.1f MB + initramfs %.1f MB)" % (
+        out["bytes"] / 1e6, out["kernel_bytes"] / 1e6, out["initrd_bytes"] / 1e6))
+    return out
+
+
+def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd, ins):
     img = Cpio()
     _base(img, os.path.join(GUEST, "dom0-init.sh"))
     for d in ("etc/xen", "boot", "var/lib/xen", "var/log/xen/console", "usr/lib/xen-%s/bin" % XENVER):
@@ -534,7 +304,7 @@ def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
     for m in ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs/xenfs"):
         img.file("lib/modules/%s.ko" % os.path.basename(m), os.path.join(mods, m + ".ko"))
 
-    libs = _Libs(root)
+    libs = deb.Libs(root)
     elfs = []
     xenbin = os.path.join(root, "usr", "lib", "xen-" + XENVER, "bin")
     for b in ("xenstored", "xenconsoled", "xenconsole", "xl", "xen-init-dom0", "libxl-save-helper",
@@ -562,15 +332,13 @@ def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
     for b in broken:   # e.g. _sqlite3, readline, _curses: their libraries are not in the list
         del img.entries["usr/lib/python3.11/lib-dynload/" + os.path.basename(b)]
 
+    # curl (and its libraries) for the end-to-end cases, run under the shim
+    curl = os.path.join(root, "usr", "bin", "curl")
+    img.file("usr/bin/curl", curl, 0o755)
+    elfs.append(curl)
+
     # the project's installed package and its runtime dependencies, from the venv
-    site = os.path.join(cfg.venv, "lib", "python3.11", "site-packages")
-    if not os.path.isdir(site):
-        other = glob.glob(os.path.join(cfg.venv, "lib", "python3.*", "site-packages"))
-        if other:
-            raise SetupError("%s is a %s venv, dom0 runs Debian bookworm's Python 3.11: its "
-                             "extensions (cffi, mwcomms._native) would not load there"
-                             % (cfg.venv, other[0].split(os.sep)[-2]))
-        raise SetupError("%s missing: run `make` first" % site)
+    site = _site(cfg)
     dist = "usr/lib/python3/dist-packages"
     for pkg in VENV_PACKAGES:
         src = os.path.join(site, pkg)
@@ -591,7 +359,17 @@ def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd):
     # the payload and the domU
     img.file("xent/steps.py", os.path.join(GUEST, "steps.py"))
     img.data("xent/manifest", "".join("%s=%s\n" % kv for kv in sorted(manifest.items())))
-    img.data("xent/config", "ring_messages=%d\n" % cfg.ring_messages)
+    # the expected digest of the 100 MB case, computed here (seconds under TCG)
+    img.data("xent/config", "ring_messages=%d\nins_image_bytes=%d\nins_kernel_bytes=%d\n"
+                            "ins_initrd_bytes=%d\nins_initrd_unpacked=%d\ndigest_100mb=%s\n" % (
+                                cfg.ring_messages, ins["bytes"], ins["kernel_bytes"],
+                                ins["initrd_bytes"], ins["initrd_unpacked"],
+                                _netcases().digest(100 << 20)))
+    img.file("xent/netcases.py", os.path.join(GUEST, "netcases.py"))
+    img.data("usr/bin/mwctl", '#!/bin/sh\nexec python3 -m mwcomms.tools.mwctl "$@"\n', 0o755)
+    img.file(INS_DIR + "/ins-initrd.cpio.gz", ins["initrd"])
+    img.file(INS_DIR + "/mwcomms-ins.cfg", ins["config"])
+    img.symlink(INS_DIR + "/vmlinux.gz", "/boot/vmlinux.gz")   # the same kernel as the domU's
     for name, state in manifest.items():
         if state == "built":
             img.file("xent/bin/" + name, os.path.join(cfg.build, "bin", name), 0o755)
@@ -770,15 +548,13 @@ def run(cfg=None):
 def _run_locked(cfg, clock, result, expected):
     result.timings["waited"] = clock.since()   # for another run's lock
     try:
-        packages = resolve_packages(clock)
-        key, debs = download(cfg, clock, packages)
-        result.timings["download"] = clock.since()
-        root = extract(cfg, clock, key, debs)
+        root = prepare_root(cfg, clock)
         result.timings["extract"] = clock.since()
-        kver = sorted(os.listdir(os.path.join(root, "lib", "modules")))[0]
+        kver = deb.kernel_version(root)
         manifest = build_programs(cfg, clock, root)
         domu = build_domu_image(cfg, root, kver, manifest)
-        dom0 = build_dom0_image(cfg, clock, root, kver, manifest, domu)
+        ins = build_ins_image(cfg, clock, root)
+        dom0 = build_dom0_image(cfg, clock, root, kver, manifest, domu, ins)
         result.timings["build"] = clock.since()
     except SetupError as e:
         result.exit_code, result.summary = EXIT_SETUP, "setup error: %s" % e

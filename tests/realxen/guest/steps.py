@@ -27,6 +27,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 
 NAMES = [
@@ -44,6 +45,16 @@ NAMES = [
     "xenbus-handshake",   # the XenbusState handshake against the real xenstored
     "integrity",          # after all that, both domains' binaries still hash as built
     "domu-shutdown",      # the domU powers off on request and is gone
+    # issue 4: the backbone on real Xen (the INS image as a domU, mwcommsd in dom0)
+    "ins-image",          # `make ins-image`'s image is in dom0, under 40 MB
+    "ins-boot",           # xl create of the INS image, mwctl attach: the INS serves (InitWait)
+    "mwcommsd",           # mwcommsd in dom0 (xen backend) connects to the INS; node permissions
+    "e2e-http",           # curl -> HTTP server, both under the shim in dom0: sockets in the INS
+    "e2e-udp",            # UDP echo through the INS
+    "e2e-dns",            # a name only the INS's /etc/hosts knows resolves, through the INS
+    "e2e-100mb",          # 100 MB over HTTP, sha256 checked
+    "ins-restart",        # xl destroy mid-transfer: clear errnos; xl create + mwctl attach: works again
+    "ins-shutdown",       # xl shutdown closes the INS cleanly; mwcommsd follows and exits 0
 ]
 
 XS_SOCKET = "/run/xenstored/socket"
@@ -51,6 +62,12 @@ DOMU_NAME = "xent-domu"
 PAUSED_NAME = "xent-paused"   # created paused for xsconform's unprivileged-domain cases
 DOMU_CFG = "/etc/xen/xent-domu.cfg"
 XENT_BIN = "/xent/bin"
+INS_NAME = "mwcomms-ins"
+INS_CFG = "/var/lib/mwcomms/ins/mwcomms-ins.cfg"
+CONTROL = "/run/mwcomms/control.sock"
+NETCASES = "/xent/netcases.py"
+HTTP_PORT, UDP_PORT = 8080, 5353
+HUNDRED_MB = 100 << 20
 
 
 class Fail(Exception):
@@ -183,6 +200,7 @@ class Domu:
 class Context:
     def __init__(self):
         self.domu = Domu()
+        self.backbone = Backbone()
 
     def need_domu(self):
         """The running domU, started on first use."""
@@ -527,6 +545,346 @@ def step_domu_shutdown(ctx):
     return "gone %.1f s after the request" % (time.monotonic() - t0)
 
 
+# ------------------------------------------------------------------ issue 4: the backbone
+
+def mwctl(*args, timeout=60):
+    """`mwctl ARGS` in dom0 (the console script's module). @return (rc, output)"""
+    return sh([sys.executable, "-m", "mwcomms.tools.mwctl"] + [str(a) for a in args], timeout=timeout)
+
+
+_xs = None
+
+
+def xs_state(path):
+    """A XenbusState node through one pyxs connection: the waits poll it every 0.1-0.2 s,
+    and a xenstore-read process each time would take CPU from the booting INS under TCG."""
+    global _xs
+    from pyxs import Client, PyXSError
+    if _xs is None:
+        _xs = Client(unix_socket_path=XS_SOCKET)
+        _xs.connect()
+    try:
+        raw = _xs.read(path.encode() + b"/state")
+    except PyXSError:
+        return 0
+    return int(raw) if raw.isdigit() else 0
+
+
+class Backbone:
+    """The INS domain (the image of `make ins-image`), mwcommsd in dom0 and the programs run
+    under the shim, across the issue-4 steps."""
+
+    FRONT = "/local/domain/0/device/mwcomms/0"
+
+    def __init__(self):
+        self.ins = None                  # the INS's domid
+        self.mwcommsd = None             # Popen
+        self.procs = []                  # servers under the shim
+        self.error = None
+
+    def back(self, ins=None):
+        return "/local/domain/%d/backend/mwcomms/0/0" % (self.ins if ins is None else ins)
+
+    def create_ins(self):
+        """xl create the INS and attach the device to it. @return (xl create seconds, t0)"""
+        t0 = time.monotonic()
+        rc, out = sh(["xl", "create", INS_CFG], timeout=120)
+        if rc != 0:
+            raise Fail("xl create %s rc=%d: %s" % (INS_CFG, rc, out.strip()[-400:]))
+        t_xl = time.monotonic() - t0
+        self.ins = int(sh(["xl", "domid", INS_NAME], check=True)[1].strip())
+        rc, out = mwctl("attach", "--frontend", 0, "--ins", self.ins)
+        log("mwctl| " + out.strip())
+        if rc != 0:
+            raise Fail("mwctl attach --frontend 0 --ins %d rc=%d: %s" % (self.ins, rc, out.strip()[-300:]))
+        return t_xl, t0
+
+    def wait_serving(self, t0, timeout=90):
+        """Until the INS daemon has advertised (backend state InitWait or later)."""
+        wait_for("INS dom%d serving (backend state >= InitWait)" % self.ins,
+                 lambda: True if xs_state(self.back()) >= 2 else None, timeout)
+        return time.monotonic() - t0
+
+    def wait_connected(self, timeout=60):
+        t0 = time.monotonic()
+        wait_for("both ends Connected",
+                 lambda: True if xs_state(self.FRONT) == 4 and xs_state(self.back()) == 4 else None,
+                 timeout, interval=0.2)
+        return time.monotonic() - t0
+
+    def env(self):
+        from mwcomms import shim_path
+        return dict(os.environ, LD_PRELOAD=shim_path(), MWCOMMS_SOCKET=CONTROL)
+
+    def shim(self, cmd, timeout=120):
+        """Run `cmd` (argv) under the shim. @return (rc, stdout + stderr)"""
+        try:
+            p = subprocess.run(cmd, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise Fail("%s under the shim: timed out after %s s" % (" ".join(cmd), timeout)) from e
+        return p.returncode, p.stdout
+
+    def spawn(self, cmd, ready=None, timeout=60):
+        """Start `cmd` under the shim; wait for a first output line containing `ready`."""
+        p = subprocess.Popen(cmd, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+        self.procs.append(p)
+        if ready:
+            q = queue.Queue()
+            threading.Thread(target=lambda: q.put(p.stdout.readline()), daemon=True).start()
+            try:
+                line = q.get(timeout=timeout)
+            except queue.Empty:
+                raise Fail("%s: no %r within %d s" % (" ".join(cmd), ready, timeout)) from None
+            if ready not in line:
+                rest = line + (p.stdout.read() if p.poll() is not None else "")
+                raise Fail("%s: %s" % (" ".join(cmd), rest.strip()[-300:]))
+        return p
+
+    def servers(self):
+        """The HTTP and UDP echo servers of the cases, under the shim (their sockets in the INS)."""
+        self.stop_servers()
+        self.spawn([sys.executable, NETCASES, "http", str(HTTP_PORT)], "listening")
+        self.spawn([sys.executable, NETCASES, "udp-echo", str(UDP_PORT)], "listening")
+
+    def stop_servers(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self.procs = []
+
+    def start_mwcommsd(self):
+        os.makedirs("/run/mwcomms", exist_ok=True)
+        self.mwcommsd = subprocess.Popen(
+            [sys.executable, "-m", "mwcomms.daemon", "--backend", "xen", "--domid", "0",
+             "--xenstore", XS_SOCKET, "--socket", CONTROL, "--log", "/tmp/mwcommsd.log",
+             "--stats", "/run/mwcomms/mwcommsd.stats.json"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def mwcommsd_log(self, lines=25):
+        try:
+            with open("/tmp/mwcommsd.log") as f:
+                log("\n".join("mwcommsd| " + l for l in f.read().splitlines()[-lines:]))
+        except OSError:
+            pass
+
+    def close(self):
+        self.stop_servers()
+        if self.mwcommsd is not None and self.mwcommsd.poll() is None:
+            self.mwcommsd.kill()
+            self.mwcommsd.wait()
+        if self.ins is not None:
+            sh(["xl", "destroy", INS_NAME])
+
+
+def ins_console(pattern="mwcomms-ins:"):
+    """Log the INS's console lines that contain `pattern` (its boot marks)."""
+    try:
+        with open("/var/log/xen/console/guest-%s.log" % INS_NAME, errors="replace") as f:
+            log("\n".join("INS console| " + l.rstrip() for l in f if pattern in l))
+    except OSError:
+        pass
+
+
+def need_backbone(ctx, connected=True):
+    bb = ctx.backbone
+    if bb.error:
+        raise Fail("no backbone: %s" % bb.error)
+    if connected and (bb.mwcommsd is None or bb.mwcommsd.poll() is not None):
+        raise Fail("mwcommsd is not running (see the mwcommsd step)")
+    return bb
+
+
+def step_ins_image(ctx):
+    size = config("ins_image_bytes", 0)
+    detail = "%.1f MB: kernel %.1f MB + initramfs %.1f MB gzip'd (%.1f MB unpacked)" % (
+        size / 1e6, config("ins_kernel_bytes", 0) / 1e6, config("ins_initrd_bytes", 0) / 1e6,
+        config("ins_initrd_unpacked", 0) / 1e6)
+    for f in ("mwcomms-ins.cfg", "vmlinux.gz", "ins-initrd.cpio.gz"):
+        if not os.path.exists(os.path.join(os.path.dirname(INS_CFG), f)):
+            raise Fail("%s missing in %s" % (f, os.path.dirname(INS_CFG)))
+    if not 0 < size < 40e6:
+        raise Fail("%s: not under 40 MB" % detail)
+    return detail
+
+
+def step_ins_boot(ctx):
+    """The toolstack attaches the device as soon as the INS domain exists; the INS daemon,
+    once up, finds it and advertises (InitWait): that is "serving"."""
+    bb = ctx.backbone
+    try:
+        t_xl, t0 = bb.create_ins()
+        t_serve = bb.wait_serving(t0)
+    except Fail as e:
+        bb.error = str(e)
+        raise
+    finally:
+        ins_console()
+    return "INS dom%d: xl create %.1f s, serving %.1f s after xl create%s" % (
+        bb.ins, t_xl, t_serve, "" if t_serve <= 10 else " (goal 10 s: missed)")
+
+
+def step_mwcommsd(ctx):
+    """mwcommsd starts after the INS (the INS-first order; ins-restart does mwcommsd first)."""
+    bb = need_backbone(ctx, connected=False)
+    if bb.ins is None:
+        raise Fail("no INS domain")
+    from pyxs import Client
+    bb.start_mwcommsd()
+    try:
+        t = bb.wait_connected()
+    except Fail:
+        bb.mwcommsd_log()
+        bb.error = "mwcommsd and the INS did not connect"
+        raise
+    with Client(unix_socket_path=XS_SOCKET) as c:
+        fperm = [p.decode() for p in c.get_perms(bb.FRONT.encode())]
+        bperm = [p.decode() for p in c.get_perms(bb.back().encode())]
+    if fperm != ["n0", "r%d" % bb.ins] or bperm != ["n%d" % bb.ins, "r0"]:
+        raise Fail("permissions: frontend %s, backend %s" % (fperm, bperm))
+    with open("/sys/module/xen_gntalloc/parameters/limit") as f:
+        limit = f.read().strip()
+    area = xs_read(bb.FRONT + "/area-pages")
+    return "Connected %.1f s after mwcommsd started; area %s pages (gntalloc limit now %s); " \
+           "perms frontend %s, backend %s" % (t, area, limit, fperm, bperm)
+
+
+def step_e2e_http(ctx):
+    bb = need_backbone(ctx)
+    bb.servers()
+    out = []
+    for url in ("http://127.0.0.1:%d/" % HTTP_PORT, "http://%s:%d/" % (INS_NAME, HTTP_PORT)):
+        rc, text = bb.shim(["curl", "-sS", "--max-time", "30", url], timeout=60)
+        if rc != 0 or text != "hello from a server under the shim\n":
+            raise Fail("curl %s under the shim: rc=%d %r" % (url, rc, text[-300:]))
+        out.append(url)
+    # the control: dom0's own stack has no such server (not even loopback up)
+    rc, text = sh(["curl", "-sS", "--max-time", "10", "http://127.0.0.1:%d/" % HTTP_PORT])
+    if rc == 0:
+        raise Fail("curl without the shim reached the server: it is not in the INS")
+    return "curl under the shim got the greeting from %s; without the shim: rc=%d (%s)" % (
+        " and ".join(out), rc, text.strip()[-80:])
+
+
+def step_e2e_udp(ctx):
+    bb = need_backbone(ctx)
+    rc, text = bb.shim([sys.executable, NETCASES, "udp-client", str(UDP_PORT), "50"], timeout=120)
+    if rc != 0 or not text.startswith("OK"):
+        raise Fail(text.strip()[-300:])
+    return text.strip()[3:]
+
+
+def step_e2e_dns(ctx):
+    bb = need_backbone(ctx)
+    rc, text = bb.shim([sys.executable, NETCASES, "resolve", INS_NAME], timeout=60)
+    if rc != 0 or text.strip() != "OK 127.0.1.1":
+        raise Fail("getaddrinfo(%s) under the shim: %s" % (INS_NAME, text.strip()[-300:]))
+    rc2, native = sh([sys.executable, NETCASES, "resolve", INS_NAME], timeout=60)
+    if rc2 == 0:
+        raise Fail("dom0 resolves %s by itself (%s): the test proves nothing" % (INS_NAME, native.strip()))
+    return "%s -> 127.0.1.1 through the INS's resolver (natively: %s)" % (INS_NAME, native.strip()[:80])
+
+
+def step_e2e_100mb(ctx):
+    bb = need_backbone(ctx)
+    want = config("digest_100mb", "")
+    t0 = time.monotonic()
+    cmd = ("LD_PRELOAD=%s MWCOMMS_SOCKET=%s curl -sS --max-time 400 http://127.0.0.1:%d/bytes/%d"
+           " | %s %s sha256" % (bb.env()["LD_PRELOAD"], CONTROL, HTTP_PORT, HUNDRED_MB,
+                                sys.executable, NETCASES))
+    rc, text = sh(cmd, timeout=420)
+    took = time.monotonic() - t0
+    got = text.strip().split()
+    if rc != 0 or got[:1] != ["OK"] or got[2:3] != [str(HUNDRED_MB)]:
+        raise Fail("rc=%d: %s" % (rc, text.strip()[-300:]))
+    if got[1] != want:
+        raise Fail("sha256 %s, the server sent %s" % (got[1], want))
+    return "%d bytes in %.1f s (%.1f MB/s), sha256 %s... as sent" % (
+        HUNDRED_MB, took, HUNDRED_MB / took / 1e6, want[:16])
+
+
+def step_ins_restart(ctx):
+    """The INS destroyed while a Python client and curl download from it: both fail with an
+    error (not a hang, not a clean end); a new socket fails with a clear errno while there is
+    no INS; a new INS is created (new domid) and attached: new connections work."""
+    bb = need_backbone(ctx)
+    old = bb.ins
+    stream = bb.spawn([sys.executable, NETCASES, "stream", str(HTTP_PORT)], "streaming")
+    curl = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "--max-time", "120",
+                             "http://127.0.0.1:%d/slow/1073741824" % HTTP_PORT],
+                            env=bb.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bb.procs.append(curl)
+    time.sleep(2)
+    if stream.poll() is not None or curl.poll() is not None:
+        raise Fail("a download ended before the INS was destroyed: %s" % stream.stdout.read()[-200:])
+    t0 = time.monotonic()
+    sh(["xl", "destroy", INS_NAME], check=True, timeout=60)
+    try:
+        s_out, _ = stream.communicate(timeout=20)
+        c_out, _ = curl.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        raise Fail("a client still runs 20 s after xl destroy (hang)") from None
+    t_fail = time.monotonic() - t0
+    if not s_out.strip().startswith("OK"):
+        raise Fail("python client: %s" % s_out.strip()[-200:])
+    if curl.returncode == 0:
+        raise Fail("curl ended with success after the INS was destroyed")
+    rc, out = bb.shim([sys.executable, NETCASES, "socket"], timeout=60)
+    down = ([l for l in out.splitlines() if l.startswith("OK ")] or [""])[0]
+    if not down:
+        raise Fail("while no INS: %s" % out.strip()[-200:])
+    bb.stop_servers()
+    # the toolstack: a new INS domain, the device detached from the old and attached to it
+    # (mwcommsd was running first this time)
+    mwctl("detach", "--frontend", 0, "--ins", old)
+    t_xl, t1 = bb.create_ins()
+    t_serve = bb.wait_serving(t1)
+    t_conn = bb.wait_connected()
+    bb.servers()
+    rc, text = bb.shim(["curl", "-sS", "--max-time", "30", "http://127.0.0.1:%d/" % HTTP_PORT], timeout=60)
+    if rc != 0 or "hello" not in text:
+        bb.mwcommsd_log()
+        raise Fail("curl after the new INS came up: rc=%d %s" % (rc, text.strip()[-200:]))
+    return ("INS dom%d destroyed: python client %s; curl rc=%d (%s); clients done %.1f s after "
+            "xl destroy; a new connection with no INS: %s; new INS dom%d serving %.1f s after xl "
+            "create, Connected %.1f s later; curl works again" % (
+                old, s_out.strip()[3:], curl.returncode, c_out.strip()[-70:], t_fail,
+                down.strip()[3:], bb.ins, t_serve, t_conn))
+
+
+def step_ins_shutdown(ctx):
+    bb = need_backbone(ctx)
+    have = mwctl("-h")[1]
+    for cmd in (("status",), ("xenstore", bb.FRONT)):
+        if cmd[0] in have:
+            rc, out = mwctl(*cmd)
+            log("\n".join("mwctl %s| %s" % (cmd[0], l) for l in out.splitlines()[-25:]))
+    bb.stop_servers()
+    if bb.ins is None:
+        raise Fail("no INS domain to shut down")
+    rc, out = sh(["xl", "shutdown", "-w", INS_NAME], timeout=90)
+    if rc != 0:
+        raise Fail("xl shutdown -w rc=%d: %s" % (rc, out.strip()[-200:]))
+    bb.ins = None
+    # the INS left cleanly: its daemon closed the device (Closed), mwcommsd followed
+    front = xs_state(bb.FRONT)
+    bb.mwcommsd.terminate()
+    try:
+        rc = bb.mwcommsd.wait(20)
+    except subprocess.TimeoutExpired:
+        raise Fail("mwcommsd still running 20 s after SIGTERM") from None
+    with open("/tmp/mwcommsd.log") as f:
+        text = f.read()
+    if rc != 0 or "Traceback" in text:
+        bb.mwcommsd_log()
+        raise Fail("mwcommsd exit status %d%s" % (rc, ", a traceback in its log" if "Traceback" in text else ""))
+    if front != 6:
+        raise Fail("the frontend is in state %d after the INS shut down, not Closed (6)" % front)
+    return "INS shut down, frontend Closed; mwcommsd exited 0 on SIGTERM"
+
+
 STEPS = [
     ("dom0-import", step_dom0_import),
     ("xenstore-pyxs", step_xenstore_pyxs),
@@ -540,6 +898,15 @@ STEPS = [
     ("xenbus-handshake", step_xenbus_handshake),
     ("integrity", step_integrity),
     ("domu-shutdown", step_domu_shutdown),
+    ("ins-image", step_ins_image),
+    ("ins-boot", step_ins_boot),
+    ("mwcommsd", step_mwcommsd),
+    ("e2e-http", step_e2e_http),
+    ("e2e-udp", step_e2e_udp),
+    ("e2e-dns", step_e2e_dns),
+    ("e2e-100mb", step_e2e_100mb),
+    ("ins-restart", step_ins_restart),
+    ("ins-shutdown", step_ins_shutdown),
 ]
 
 
@@ -574,6 +941,7 @@ def main():
         emit(status, name, "%s (%.1f s)" % (detail, time.monotonic() - t0))
     if ctx.domu.domid is not None:   # still there: a step failed, or domu-shutdown did not run
         sh(["xl", "destroy", DOMU_NAME])
+    ctx.backbone.close()
     print("XENT-BOOT steps-end dom0 uptime %.1f s" % uptime(), flush=True)
 
 
