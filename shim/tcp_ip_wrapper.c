@@ -1265,7 +1265,9 @@ static int mw_fill(int fd, uint32_t *filler, uint32_t *sndbuf)
 {
     int orig, zero = 0;
     socklen_t len = sizeof(orig);
-    static const char byte = 0;
+    /* one send of this fills the shrunk buffer (two skbs, ~4.5 KB) and the next one says
+     * EAGAIN: 2 system calls, where 1-byte sends took ~7 */
+    static const char block[8192];
 
     if (libc_getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &orig, &len) < 0)
         return -errno;
@@ -1274,10 +1276,11 @@ static int mw_fill(int fd, uint32_t *filler, uint32_t *sndbuf)
     *sndbuf = orig;                /* as getsockopt gave it: mwcommsd halves it back */
     *filler = 0;
     for (;;) {
-        ssize_t n = libc_send(fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t n = libc_send(fd, block, sizeof(block), MSG_DONTWAIT | MSG_NOSIGNAL);
 
-        if (n == 1) {
-            if (++*filler > 65536)
+        if (n > 0) {
+            *filler += (uint32_t)n;
+            if (*filler > 65536)
                 return -EIO;       /* the buffer never filled: mwcommsd is reading it */
             continue;
         }
