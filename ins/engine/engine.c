@@ -29,6 +29,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <linux/sockios.h>
 #include <time.h>
@@ -383,6 +384,7 @@ static int pump_rx_stream(struct ins_sock *s)
         if (n == -EPROTO || n == -EINVAL)
             return violation(fe, "socket %u: rx ring indices", s->slot);
         if (moved) {
+            s->rx_hot = 2;
             rc = mw_bring_publish(&s->rx);
             if (rc < 0)
                 return violation(fe, "socket %u: rx ring indices", s->slot);
@@ -393,6 +395,7 @@ static int pump_rx_stream(struct ins_sock *s)
             return rc;
     }
     if (moved) {
+        s->rx_hot = 2;
         rc = mw_bring_publish(&s->rx);
         if (rc < 0)
             return violation(fe, "socket %u: rx ring indices", s->slot);
@@ -541,6 +544,7 @@ static int pump_rx_dgram(struct ins_sock *s)
         moved = 1;
     }
     if (moved) {
+        s->rx_hot = 2;
         rc = mw_bring_publish(&s->rx);
         if (rc < 0)
             return violation(fe, "socket %u: rx ring indices", s->slot);
@@ -1829,6 +1833,40 @@ static void dns_results(struct ins_engine *e)
 }
 
 /*
+ * Give back the memory of rx rings that went idle: a ring that carried bytes, has been empty
+ * (the frontend consumed everything) and got nothing new for a PROBE_MS period has its pages
+ * removed from the shared area (MADV_REMOVE: on sim the area is a shared file, whose pages
+ * then leave both daemons' memory; they come back zeroed when the ring is used again). Safe
+ * because the INS is the only producer: the frontend reads only bytes between rx_cons and
+ * rx_prod, and there are none. Where the area cannot do it (Xen grants) the first failure
+ * turns it off. An idle connection then costs no ring memory, whatever it carried before.
+ */
+static void front_trim_rings(struct ins_front *fe)
+{
+    struct ins_engine *e = fe->eng;
+
+    for (uint32_t i = 0; i < fe->area.nsocks && !e->trim_off; i++) {
+        struct ins_sock *s = fe->socks[i];
+
+        if (!s || s->dead || !s->rx_hot || --s->rx_hot > 0)
+            continue;
+        /* Drained: rx_cons (read once) has reached what we produced. Only equality is used
+         * and the INS never reads rx bytes, so a lying frontend only loses its own bytes;
+         * this also works once rx has ended (EOF), where mw_bring_space() no longer does. */
+        if (s->rx.pvt != s->rx.pub ||
+            __atomic_load_n(s->rx.peer_idx, __ATOMIC_ACQUIRE) != s->rx.pvt) {
+            s->rx_hot = 1;          /* not drained yet: look again next time */
+            continue;
+        }
+        if (madvise(s->rx.buf, s->rx.size, MADV_REMOVE) < 0) {
+            ins_log(e, "idle rx rings keep their pages: madvise(MADV_REMOVE): %s",
+                    strerror(errno));
+            e->trim_off = 1;
+        }
+    }
+}
+
+/*
  * Kick every frontend when nothing else did for PROBE_MS. The sim platform reports a peer
  * whose process died (its end of the event channel closed) only on a kick, and a frontend
  * that died while its sockets waited for the network makes none: its sockets and budget
@@ -1849,6 +1887,8 @@ static void probe_fronts(struct ins_engine *e)
         return;
     e->probe_at = now + PROBE_MS;
     for (fe = e->fronts; fe; fe = fe->next) {
+        if (!fe->broken)
+            front_trim_rings(fe);
         if (fe->broken || mw_evtchn_notify(fe->ec, fe->port) != -ENOTCONN)
             continue;
         snprintf(fe->st.why, sizeof(fe->st.why), "%s",

@@ -60,6 +60,8 @@ struct ins_sock {
     unsigned tx_blocked:1;     /* the kernel refused tx bytes: waiting for EPOLLOUT */
     unsigned tx_dead:1;        /* sending failed for good: tx bytes are discarded */
     unsigned shut_pending:1;   /* SHUTDOWN(SHUT_WR) waits for tx to drain (shut_id) */
+    unsigned rx_hot:2;         /* 2: bytes went into rx this period; 1: last one; 0: trimmed
+                                * or never used (front_trim_rings) */
     uint32_t connect_id;
     uint32_t shut_id;
     struct ins_accept *accepts, **accepts_tail;
@@ -155,7 +157,8 @@ struct ins_engine {
     struct ins_orphan *dead_orphans;
     int next_handle;
     int64_t probe_at;          /* CLOCK_MONOTONIC ms of the next liveness kick */
-    long nofile_logged;        /* CLOCK_MONOTONIC second of the last "out of fds" line */
+    long nofile_logged;
+    int trim_off;              /* idle rings cannot give their pages back here (Xen) */        /* CLOCK_MONOTONIC second of the last "out of fds" line */
     uint64_t next_serial;
     uint8_t scratch[MW_OOL_MAX + 64];   /* datagrams, socket options: the loop's only buffer */
     /* the resolver pool */

@@ -78,6 +78,9 @@ struct fe_sock {
     int tx_posted;
     int close_wait;            /* closing: CLOSE waits until the INS took every datagram */             /* DATA was posted for tx at least once */
     int tx_wait, rx_wait;      /* waiting for SPACE on tx / for P to take rx bytes */
+    int tx_hot;                /* 2: bytes went into tx this period, 1: the last one, 0:
+                                * pages given back or never used (rings_trim) */
+    int tx_used, rx_used;      /* the ring carried bytes: trim its pages when freed */
     int connected_once;
     int want_token;            /* SOCKET asked for the idle token (MWL_F_IDLE_TOKEN) */
     int idle_token;            /* stream never connected nor listening: X holds one byte
@@ -174,6 +177,7 @@ struct mwfe {
     struct mw_evtchn *ec;
     uint32_t port, features;
     int kick;                  /* notify the INS before sleeping */
+    int trim_off;              /* idle rings cannot give their pages back here (Xen) */
     int64_t probe_at;          /* CLOCK_MONOTONIC ms of the next liveness kick (ins_probe) */
     struct fe_buddy buddy;
     struct fe_sock **by_slot;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -334,6 +335,31 @@ out_short:
     return -ENOBUFS;
 }
 
+/* Pages of a ring that carried bytes go back to the system when it is idle or freed (on sim
+ * the area is a shared file: MADV_REMOVE takes them out of both daemons' memory; they come
+ * back zeroed when used again). Where the area cannot (Xen grants), the first failure turns
+ * it off. */
+static void ring_trim(struct mwfe *e, uint32_t page, uint8_t order)
+{
+    if (e->trim_off)
+        return;
+    if (madvise(e->area.data + (size_t)page * MW_PAGE_SIZE, (size_t)1 << order,
+                MADV_REMOVE) < 0) {
+        fe_log("rings keep their pages: madvise(MADV_REMOVE): %s", strerror(errno));
+        e->trim_off = 1;
+    }
+}
+
+/* Rings about to be freed (the INS no longer touches them): give back what they used. */
+static void rings_forget(struct mwfe *e, struct fe_sock *sk)
+{
+    if (sk->tx_used)
+        ring_trim(e, sk->tx_page, sk->tx_order);
+    if (sk->rx_used)
+        ring_trim(e, sk->rx_page, sk->rx_order);
+    sk->tx_used = sk->rx_used = sk->tx_hot = 0;
+}
+
 /* Give the slot and the rings back: only once the INS no longer touches them (the CLOSE
  * response, an error response to SOCKET/ACCEPT), or when the area itself is gone. */
 static void slot_release(struct mwfe *e, struct fe_sock *sk)
@@ -343,6 +369,7 @@ static void slot_release(struct mwfe *e, struct fe_sock *sk)
         e->free_slots[e->nfree_slots++] = sk->slot;
     }
     if (sk->has_rings && e->attached) {
+        rings_forget(e, sk);
         fe_buddy_free(&e->buddy, sk->tx_page, sk->tx_order - 12u);
         fe_buddy_free(&e->buddy, sk->rx_page, sk->rx_order - 12u);
         if (e->nstarved)
@@ -645,6 +672,8 @@ static void pump_tx_stream(struct mwfe *e, struct fe_sock *sk)
             goto out_proto;
         rc = mw_bring_read_fd(&sk->tx, sk->src.fd, (uint32_t)rc);
         if (rc > 0) {
+            sk->tx_hot = 2;
+            sk->tx_used = 1;
             moved += (uint32_t)rc;
             ST_ADD(e, bytes_tx, (uint64_t)rc);
             fe_is_ring_data(e, MWL_TR_DATA_TX, sk, &sk->tx, (uint32_t)rc);
@@ -726,6 +755,8 @@ static void pump_tx_dgram(struct mwfe *e, struct fe_sock *sk)
             goto out_proto;
         if (rc < 0)
             goto drop;
+        sk->tx_hot = 2;
+        sk->tx_used = 1;
         ST_ADD(e, bytes_tx, d.len);
         fe_is_dgram(e, MWL_TR_DATA_TX, sk, &(struct iovec){ e->scratch + sizeof(d), d.len }, 1,
                     d.len, &d.addr);
@@ -794,6 +825,7 @@ static void pump_rx_stream(struct mwfe *e, struct fe_sock *sk)
         }
         if (rc > 0) {
             moved += (uint32_t)rc;
+            sk->rx_used = 1;
             if (!sk->rx_discard) {
                 ST_ADD(e, bytes_rx, (uint64_t)rc);
                 fe_is_ring_data(e, MWL_TR_DATA_RX, sk, &sk->rx, (uint32_t)rc);
@@ -913,6 +945,7 @@ static void pump_rx_dgram(struct mwfe *e, struct fe_sock *sk)
                 fe_is_dgram(e, MWL_TR_DATA_RX, sk, iov + 1, niov, h.len, &h.addr);
             }
         }
+        sk->rx_used = 1;
         mw_bring_dgram_skip(&sk->rx);
         rc = mw_bring_release(&sk->rx);
         if (rc < 0)
@@ -2253,6 +2286,32 @@ static void serve_ctl(struct mwfe *e)
 }
 
 /*
+ * Give back the memory of tx rings that went idle: a ring that carried bytes, has been empty
+ * (the INS took everything) and got nothing new for a FE_PROBE_MS period has its pages
+ * removed (ring_trim). Safe because we are the only producer: the INS reads only bytes
+ * between tx_cons and tx_prod, and there are none. The INS does the same for rx rings (it
+ * produces them; we cannot know when it writes next): an idle connection costs no ring
+ * memory, whatever it carried before.
+ */
+static void rings_trim(struct mwfe *e)
+{
+    for (uint32_t s = 0; s < e->area.nsocks && !e->trim_off && ins_ok(e); s++) {
+        struct fe_sock *sk = e->by_slot[s];
+
+        if (!sk || !sk->live || !sk->tx_hot || --sk->tx_hot > 0)
+            continue;
+        /* Drained: tx_cons (read once) has reached what we produced. Only equality is used
+         * and we never read tx bytes back, so a lying INS only loses bytes it should send. */
+        if (sk->tx.pvt != sk->tx.pub ||
+            __atomic_load_n(sk->tx.peer_idx, __ATOMIC_ACQUIRE) != sk->tx.pvt) {
+            sk->tx_hot = 1;      /* not drained yet: look again next time */
+            continue;
+        }
+        ring_trim(e, sk->tx_page, sk->tx_order);
+    }
+}
+
+/*
  * Kick the INS when nothing else did for FE_PROBE_MS. The sim platform reports a peer whose
  * process died (its end of the event channel closed) only on a kick, and an application
  * blocked in recv() or accept() makes none: without this probe its socket would wait for
@@ -2270,6 +2329,7 @@ static void ins_probe(struct mwfe *e)
         return;
     e->probe_at = now + FE_PROBE_MS;
     e->kick = 1;                 /* ins_flush notifies, and sees -ENOTCONN */
+    rings_trim(e);
 }
 
 int mwfe_run(struct mwfe *e)
