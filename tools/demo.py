@@ -181,6 +181,59 @@ for word in (b"ping", b"through", b"the ins"):
 """
 
 
+HOLD = """
+import errno, socket, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); a, _ = l.accept()
+a.sendall(b"x"); c.recv(1)
+print("BLOCKED", flush=True)
+try:
+    print("EOF" if not c.recv(1) else "DATA", time.time(), flush=True)
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno), time.time(), flush=True)
+"""
+
+
+def _ins_death(mw: str, run_dir: str, env: dict, step) -> None:
+    """The INS killed under a program blocked in recv(): the error it gets and when; then
+    `mwcomms up` restarts just the INS and a name lookup goes through it again."""
+    import json
+    import select
+    import signal
+
+    hold = subprocess.Popen([mw, "--dir", run_dir, "run", "--", sys.executable, "-c", HOLD],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        if not select.select([hold.stdout], [], [], 20)[0] or \
+                hold.stdout.readline().strip() != "BLOCKED":
+            step("the INS killed under a blocked recv()", False, "the program did not start")
+            return
+        time.sleep(0.2)
+        with open(os.path.join(run_dir, "state.json")) as f:
+            ins = json.load(f)["pids"]["ins"]
+        t_kill = time.time()
+        os.kill(ins, signal.SIGKILL)
+        line = hold.stdout.readline().split() if select.select([hold.stdout], [], [], 10)[0] \
+            else []
+        ok = len(line) == 2 and line[0] in ("ECONNRESET", "ENETDOWN", "ECONNABORTED")
+        step(f"kill -9 the INS (pid {ins}) under a program blocked in recv()", ok,
+             f"recv() failed with {line[0]} {float(line[1]) - t_kill:.2f} s later" if ok
+             else f"got {line or 'nothing within 10 s'}")
+    finally:
+        hold.kill()
+        hold.wait(10)
+    t0 = time.monotonic()
+    up = subprocess.run([mw, "--dir", run_dir, "up"], capture_output=True, text=True, timeout=60,
+                        env=env)
+    got = subprocess.run([mw, "--dir", run_dir, "run", "--", sys.executable, "-c",
+                          "import socket; print(socket.gethostbyname('localhost'))"],
+                         capture_output=True, text=True, timeout=30, env=env)
+    step("`mwcomms up` restarts just the INS; mwcommsd reconnects", up.returncode == 0 and
+         got.returncode == 0, (up.stdout.strip().splitlines() or [up.stderr.strip()])[-1]
+         .rstrip(".") + f"; a name lookup works again ({time.monotonic() - t0:.2f} s after the restart began)"
+         if got.returncode == 0 else (up.stderr + got.stderr)[-300:])
+
+
 def _programs() -> int:
     """Part two: unmodified programs through the whole backbone (shim, mwcommsd, INS)."""
     import shutil
@@ -207,47 +260,51 @@ def _programs() -> int:
         return 1
     server = udp = None
     try:
-        port = 8000 + os.getpid() % 1000
-        server = subprocess.Popen([mw, "--dir", run_dir, "run", "--", sys.executable, "-m",
-                                   "http.server", str(port), "--bind", "127.0.0.1",
-                                   "--directory", os.path.dirname(os.path.abspath(__file__))],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        got = None
-        for _ in range(100):
-            got = run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
-                      f"http://127.0.0.1:{port}/demo.py")
-            if got.returncode == 0:
-                break
-            time.sleep(0.1)
-        step("curl -> python3 -m http.server (both under the shim)", got.returncode == 0 and
-             got.stdout.startswith("200"), f"HTTP {got.stdout or got.stderr.strip()}")
-        if shutil.which("curl"):
-            host = subprocess.run(["curl", "-s", "-m", "2", f"http://127.0.0.1:{port}/"],
-                                  capture_output=True, timeout=10)
-            step("the same curl without the shim", host.returncode != 0,
-                 "cannot reach it (the server lives only in the INS)" if host.returncode else
-                 "reached it: the INS shares this host's network namespace (not root?)")
-        uport = port + 1
-        udp = subprocess.Popen([mw, "--dir", run_dir, "run", "--", sys.executable, "-c", UDP_ECHO,
-                                str(uport)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=env)
-        got = run(sys.executable, "-c", UDP_CLIENT, str(uport))
-        step("UDP echo (client and server under the shim)", got.returncode == 0 and
-             "THE INS" in got.stdout, " | ".join(got.stdout.split("\n")[:3]) or got.stderr[-200:])
-        got = run(sys.executable, "-c", "import socket; print(sorted({a[4][0] for a in "
-                  "socket.getaddrinfo('localhost', 80)}))")
-        step("name lookup by the INS: getaddrinfo('localhost')", got.returncode == 0,
-             got.stdout.strip() or got.stderr[-200:])
-        got = run(sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
-                  "socket.SOCK_RAW, socket.IPPROTO_ICMP)")
-        step("a raw socket (would reach the local stack)", got.returncode != 0 and
-             "Operation not permitted" in got.stderr, "refused: " + got.stderr.strip().splitlines()[0]
-             if got.stderr.strip() else "not refused")
+        try:
+            port = 8000 + os.getpid() % 1000
+            server = subprocess.Popen([mw, "--dir", run_dir, "run", "--", sys.executable, "-m",
+                                       "http.server", str(port), "--bind", "127.0.0.1",
+                                       "--directory", os.path.dirname(os.path.abspath(__file__))],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            got = None
+            for _ in range(100):
+                got = run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                          f"http://127.0.0.1:{port}/demo.py")
+                if got.returncode == 0:
+                    break
+                time.sleep(0.1)
+            step("curl -> python3 -m http.server (both under the shim)", got.returncode == 0 and
+                 got.stdout.startswith("200"), f"HTTP {got.stdout or got.stderr.strip()}")
+            if shutil.which("curl"):
+                host = subprocess.run(["curl", "-s", "-m", "2", f"http://127.0.0.1:{port}/"],
+                                      capture_output=True, timeout=10)
+                step("the same curl without the shim", host.returncode != 0,
+                     "cannot reach it (the server lives only in the INS)" if host.returncode else
+                     "reached it: the INS shares this host's network namespace (not root?)")
+            uport = port + 1
+            udp = subprocess.Popen([mw, "--dir", run_dir, "run", "--", sys.executable, "-c", UDP_ECHO,
+                                    str(uport)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env=env)
+            got = run(sys.executable, "-c", UDP_CLIENT, str(uport))
+            step("UDP echo (client and server under the shim)", got.returncode == 0 and
+                 "THE INS" in got.stdout, " | ".join(got.stdout.split("\n")[:3]) or got.stderr[-200:])
+            got = run(sys.executable, "-c", "import socket; print(sorted({a[4][0] for a in "
+                      "socket.getaddrinfo('localhost', 80)}))")
+            step("name lookup by the INS: getaddrinfo('localhost')", got.returncode == 0,
+                 got.stdout.strip() or got.stderr[-200:])
+            got = run(sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+                      "socket.SOCK_RAW, socket.IPPROTO_ICMP)")
+            step("a raw socket (would reach the local stack)", got.returncode != 0 and
+                 "Operation not permitted" in got.stderr,
+                 "refused: " + got.stderr.strip().splitlines()[0] if got.stderr.strip()
+                 else "not refused")
+        finally:
+            for p in (server, udp):
+                if p is not None:
+                    p.terminate()
+                    p.wait(10)
+        _ins_death(mw, run_dir, env, step)
     finally:
-        for p in (server, udp):
-            if p is not None:
-                p.terminate()
-                p.wait(10)
         down = subprocess.run([mw, "--dir", run_dir, "down"], capture_output=True, text=True,
                               timeout=120, env=env)
         print("   " + down.stdout.strip())
