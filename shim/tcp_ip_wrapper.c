@@ -1297,7 +1297,8 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
     struct mwl_req_addr req;
     struct mw_call call = { .op = MWL_CONNECT, .req = &req, .req_len = sizeof(req),
                             .send_fd = -1 };
-    bool nonblock = mw_is_nonblocking(fd);
+    bool nonblock = mw_is_nonblocking(fd), timed;
+    struct timespec end;
     int ret;
 
     memset(&req, 0, sizeof(req));
@@ -1345,13 +1346,46 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
         return 0;
     if (nonblock)
         return mw_fail(-EINPROGRESS);
+    /* SO_SNDTIMEO (kept on X) bounds a blocking connect: EINPROGRESS when it runs out, and
+     * the connect goes on, as native */
+    {
+        struct timeval tv = { 0, 0 };
+        socklen_t tl = sizeof(tv);
+        int saved = errno;
+
+        if (libc_getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) < 0 || tl != sizeof(tv))
+            tv = (struct timeval){ 0, 0 };
+        errno = saved;
+        timed = tv.tv_sec != 0 || tv.tv_usec != 0;
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        end.tv_sec += tv.tv_sec;
+        end.tv_nsec += tv.tv_usec * 1000L;
+        if (end.tv_nsec >= 1000000000L) {
+            end.tv_sec++;
+            end.tv_nsec -= 1000000000L;
+        }
+    }
     for (;;) {
         struct pollfd p = { .fd = fd, .events = POLLOUT };
         struct mwl_rsp_status st;
+        int wait = -1;
 
-        ret = poll(&p, 1, -1);
+        if (timed) {
+            struct timespec now;
+            long long ms;
+
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            ms = (long long)(end.tv_sec - now.tv_sec) * 1000 +
+                 (end.tv_nsec - now.tv_nsec + 999999) / 1000000;
+            if (ms <= 0)
+                return mw_fail(-EINPROGRESS);
+            wait = ms > INT_MAX ? INT_MAX : (int)ms;
+        }
+        ret = poll(&p, 1, wait);
         if (ret < 0)
             return -1;             /* EINTR: as native, the connect goes on */
+        if (ret == 0)
+            return mw_fail(-EINPROGRESS);
         ret = mw_status(e, &st);
         if (ret < 0)
             return mw_fail(ret);
