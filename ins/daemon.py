@@ -48,6 +48,19 @@ XENBUS_DEVICE = "/dev/xen/xenbus"
 XENSTORED_SOCKET = "/run/xenstored/socket"
 
 
+def process_age() -> float:
+    """Seconds since this process started (its imports included), from /proc; 0.0 when
+    unknown. Logged at start-up: under emulation the INS's start is worth watching."""
+    try:
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19])     # field 22, starttime
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, up - start / os.sysconf("SC_CLK_TCK"))
+
+
 def connect_xenstore(xs_path: str | None) -> pyxs.Client:
     """A connected pyxs client for `xs_path` (see the module docstring)."""
     if xs_path is None and not os.path.exists(XENSTORED_SOCKET) and os.path.exists(XENBUS_DEVICE):
@@ -162,6 +175,7 @@ class InsDaemon:
         self.engine = Engine(log_fd=log_fd, max_socks=max_socks, max_buf_bytes=max_buf_bytes)
         self.devices: dict[tuple[int, int], _Device] = {}
         self.root = f"/local/domain/{domid}/backend/mwcomms"
+        self.imported_at = 0.0                  # process_age() when main() began
 
     def xs_client(self) -> pyxs.Client:
         return connect_xenstore(self.xs_path)
@@ -241,7 +255,8 @@ class InsDaemon:
         monitor = pyxs.Monitor(copy.copy(client))   # as xenbus does: shares the connection
         try:
             monitor.watch(self.root.encode(), b"mwcomms-ins")
-            log.info("INS dom%d: serving %s", self.domid, self.root)
+            log.info("INS dom%d: serving %s (%.1f s after the process started, %.1f s of it "
+                     "importing)", self.domid, self.root, process_age(), self.imported_at)
             while not stop.is_set():
                 self._sync(client)
                 # watch events come through the monitor's queue; violations through the
@@ -281,6 +296,7 @@ def _xen_domid(xs_path: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    imported_at = process_age()
     ap = argparse.ArgumentParser(prog="python -m mwcomms.ins.daemon", description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=("sim", "xen"), default=None)
     ap.add_argument("--sim-dir", help="sim platform directory")
@@ -331,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon = InsDaemon(plat, args.xenstore, domid, log_fd=log_fd,
                            max_socks=args.max_socks, max_buf_bytes=args.max_buf_mb << 20,
                            stats_path=args.stats)
+        daemon.imported_at = imported_at
         if serve(daemon.run, stop, "INS", log):
             return 1
     except OSError as exc:
