@@ -258,6 +258,9 @@ static void sock_update_epoll(struct ins_sock *s)
     else if (s->type == MW_SOCK_DGRAM || s->connected)
         want = (!s->rx_ended && !s->rx_full ? EPOLLIN : 0) |
                (s->tx_blocked ? EPOLLOUT : 0);
+    if (!want && s->type == MW_SOCK_STREAM && s->connected && s->rx.flags == MW_RXF_EOF &&
+        !s->tx_dead && !s->shut_wr)
+        want = EPOLLERR;            /* rx ended, tx open: a reset must still be seen */
     if (want == s->ev)
         return;
     ev.events = want;
@@ -288,9 +291,25 @@ static int shutdown_done(struct ins_sock *s)
     int ret = 0;
 
     s->shut_pending = 0;
+    s->shut_wr = 1;
     if (shutdown(s->fd, SHUT_WR) < 0)
         ret = -errno;
     return respond_ret(s->fe, s->shut_id, MW_CMD_SHUTDOWN, s->slot, ret);
+}
+
+/*
+ * The sending side of a stream failed (EPIPE, ECONNRESET) after its incoming side ended with
+ * EOF (the peer closed, then reset our writes): rx_flags cannot say more, so the error is
+ * kept for GETSOCKOPT(SO_ERROR) and announced with STATE, as for datagrams (docs/protocol.md
+ * 7.5); the frontend makes the application's writes fail with EPIPE, as native ones do.
+ */
+static int stream_tx_failed(struct ins_sock *s, int32_t err)
+{
+    s->tx_dead = 1;
+    if (s->rx.flags != MW_RXF_EOF)
+        return 0;                   /* an error ended rx: the frontend knows already */
+    s->so_error = err;
+    return post(s->fe, s->slot, MW_EV_STATE, (uint64_t)(uint32_t)err);
 }
 
 /* tx ring -> socket, stream. */
@@ -342,6 +361,10 @@ static int pump_tx_stream(struct ins_sock *s)
             rc = stream_end_rx(s, n);
             if (rc < 0)
                 return rc;
+        } else {
+            rc = stream_tx_failed(s, n);
+            if (rc < 0)
+                return rc;
         }
     }
     if (moved) {
@@ -363,10 +386,17 @@ static int pump_rx_stream(struct ins_sock *s)
 
     s->rx_full = 0;
     while (!s->rx_ended) {
-        n = mw_bring_read_fd(&s->rx, s->fd, UINT32_MAX);
+        int space = mw_bring_space(&s->rx);
+
+        n = space > 0 ? mw_bring_read_fd(&s->rx, s->fd, (uint32_t)space) : space == 0 ?
+            -ENOBUFS : space;
         if (n > 0) {
             moved += (uint32_t)n;
             fe->st.rx_bytes += (uint32_t)n;
+            /* A short read emptied the socket: epoll (level-triggered) says when there is
+             * more (or the end), so no read that would only say EAGAIN. */
+            if (n < space)
+                break;
             continue;
         }
         if (n == -ENOBUFS) {
@@ -841,6 +871,17 @@ static void sock_event(struct ins_sock *s, uint32_t events)
         if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
             sock_connect_done(s);
         return;
+    }
+    if ((events & (EPOLLERR | EPOLLHUP)) && s->type == MW_SOCK_STREAM && s->connected &&
+        s->rx_ended && !s->tx_dead) {
+        int err = 0;
+        socklen_t sl = sizeof(err);
+
+        /* the peer reset a connection whose incoming side had ended */
+        if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &sl) < 0 || err <= 0)
+            err = EPIPE;
+        if (stream_tx_failed(s, -err) < 0)
+            return;
     }
     sock_pump(s);
 }

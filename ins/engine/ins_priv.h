@@ -60,6 +60,7 @@ struct ins_sock {
     unsigned tx_blocked:1;     /* the kernel refused tx bytes: waiting for EPOLLOUT */
     unsigned tx_dead:1;        /* sending failed for good: tx bytes are discarded */
     unsigned shut_pending:1;   /* SHUTDOWN(SHUT_WR) waits for tx to drain (shut_id) */
+    unsigned shut_wr:1;        /* our sending side is shut down */
     unsigned rx_hot:2;         /* 2: bytes went into rx this period; 1: last one; 0: trimmed
                                 * or never used (front_trim_rings) */
     uint32_t connect_id;

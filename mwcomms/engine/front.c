@@ -654,7 +654,7 @@ static void stream_eof(struct mwfe *e, struct fe_sock *sk)
 /* P -> tx, stream: read straight into the ring while it has room. */
 static void pump_tx_stream(struct mwfe *e, struct fe_sock *sk)
 {
-    uint32_t moved = 0;
+    uint32_t moved = 0, space;
 
     while (sk_may_tx(sk) && moved < FE_PUMP_BUDGET) {
         int rc = mw_bring_space(&sk->tx);
@@ -670,7 +670,8 @@ static void pump_tx_stream(struct mwfe *e, struct fe_sock *sk)
         }
         if (rc < 0)
             goto out_proto;
-        rc = mw_bring_read_fd(&sk->tx, sk->src.fd, (uint32_t)rc);
+        space = (uint32_t)rc;
+        rc = mw_bring_read_fd(&sk->tx, sk->src.fd, space);
         if (rc > 0) {
             sk->tx_hot = 2;
             sk->tx_used = 1;
@@ -683,6 +684,11 @@ static void pump_tx_stream(struct mwfe *e, struct fe_sock *sk)
                 goto out_proto;
             if (pub > 0 || !sk->tx_posted)
                 tx_posted(e, sk);
+            /* A short read emptied P: epoll (level-triggered) says when there is more, so
+             * no read that would only say EAGAIN. After HUP nothing is watched: read on to
+             * the end of file. */
+            if ((uint32_t)rc < space && !sk->p_hup)
+                return;
             continue;
         }
         if (rc == -EAGAIN || rc == -ENOBUFS)
@@ -1345,6 +1351,14 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
             memcpy(&v, val, sizeof(v));
             if (v <= 0 || v > 4095)
                 break;                   /* none (taken by the app's SO_ERROR meanwhile) */
+            if (sk->type == SOCK_STREAM) {
+                /* the peer closed, then reset our writes: the application's next writes fail
+                 * with EPIPE (and SIGPIPE) as native ones do, its reads still give 0; the
+                 * error itself is not kept (native send() consumed it) */
+                if (sk->src.fd >= 0)
+                    shutdown(sk->src.fd, SHUT_RD);
+                break;
+            }
             sk->error = -v;
             sk->err_pkt = 1;
             pump_rx(e, sk);
@@ -1420,8 +1434,9 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
     }
 }
 
-/* STATE on a datagram socket: the INS holds a pending error (protocol.md 7.5). Take it with
- * GETSOCKOPT(SO_ERROR), which clears it there; its answer hands it to the application. */
+/* STATE on a datagram socket, or on a stream whose rx ended: the INS holds a pending error
+ * (protocol.md 7.5). Take it with GETSOCKOPT(SO_ERROR), which clears it there; its answer
+ * hands it to the application. */
 static void dgram_error_fetch(struct mwfe *e, struct fe_sock *sk)
 {
     struct fe_op *op;
@@ -1446,7 +1461,7 @@ static void ins_process(struct mwfe *e)
     struct mw_event ev;
     uint64_t cookie;
     const char *why = NULL;
-    int rc, budget = 4096;
+    int rc, budget = 4096, was_done;
 
     while (ins_ok(e) && budget-- > 0) {
         struct fe_op *op;
@@ -1497,11 +1512,14 @@ static void ins_process(struct mwfe *e)
         sk = e->by_slot[ev.sock];
         if (!sk || !sk->live)
             continue;    /* stale: the slot was closed meanwhile */
+        was_done = sk->rx_done;
         if (ev.type == MW_EV_SPACE)
             pump_tx(e, sk);
         else
             pump_rx(e, sk);
-        if (ev.type == MW_EV_STATE && sk->type == SOCK_DGRAM && sk->live)
+        /* STATE without news in rx_flags: a pending error in the INS (a datagram's ICMP
+         * error; a stream's sending side that failed after its incoming side ended) */
+        if (ev.type == MW_EV_STATE && sk->live && (sk->type == SOCK_DGRAM || was_done))
             dgram_error_fetch(e, sk);
     }
 }

@@ -20,11 +20,7 @@ NAMES = ["tcp_basic", "tcp_ipv6", "errors", "nonblocking_connect", "accept4_flag
          "udp", "big_transfer", "dup_close", "fork_child", "exec_child", "resolve",
          "unconnected", "udp_refused", "mmsg", "ioctls", "resolve_flags", "fd_calls",
          "accept_timeout", "eintr", "sockopts", "rw_calls", "odd_calls",
-         pytest.param("write_after_peer_close", marks=pytest.mark.xfail(
-             strict=True, reason="after the INS reported EOF, a send that fails (peer reset) is "
-             "not reported: the INS discards the bytes (tx_dead) and the app's writes keep "
-             "succeeding instead of EPIPE/SIGPIPE; engine request in /work/notes/requests.md "
-             "(e2e 06:40), remove this mark with the fix"))]
+         "write_after_peer_close"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                                 reason="needs root and unshare(1): the native runs and the INS "
