@@ -26,6 +26,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -743,8 +744,18 @@ def _parse_handle(text: str) -> int:
                          EXIT_USAGE) from None
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM end a trace cleanly (summary printed, pcap file complete), also
+    when started in the background by a shell, which ignores SIGINT for it."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def cmd_trace(args, bb: Backbone) -> int:
     from . import _pcap
+    _stop_on_signals()
     want_sock = _parse_handle(args.sock) if args.sock else None
     types = {t.strip().lower() for t in args.type.split(",")} if args.type else None
     writer = None

@@ -212,8 +212,8 @@ def _start_trace(run_dir, *argv):
     return proc
 
 
-def _stop_trace(proc):
-    proc.send_signal(signal.SIGINT)
+def _stop_trace(proc, sig=signal.SIGINT):
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     return out, err
@@ -291,8 +291,9 @@ def test_trace_filters_by_socket(backbone):
     finally:
         t.stop()
     time.sleep(0.5)
-    out, _ = _stop_trace(tr)
+    out, err = _stop_trace(tr, signal.SIGTERM)      # ends as cleanly as SIGINT
     recs = [json.loads(line) for line in out.splitlines()]
+    assert f"mwctl trace: {len(recs)} records" in err
     assert recs and all(r["handle"] == cli["handle_hex"] for r in recs)
     assert any(r.get("cmd") == "CLOSE" for r in recs)
 
