@@ -1292,6 +1292,29 @@ static int mw_fill(int fd, uint32_t *filler, uint32_t *sndbuf)
     }
 }
 
+/*
+ * Would the kernel restart a blocking connect() that a signal interrupted? It does when the
+ * handler has SA_RESTART and the socket has no SO_SNDTIMEO; the shim waits in poll(), which
+ * is never restarted, and cannot tell which signal came. It restarts when every caught
+ * signal's handler has SA_RESTART (glibc's signal() sets it: a C program's SIGCHLD handler
+ * must not turn its connects into EINTR), and fails with EINTR as soon as one has not.
+ */
+static bool mw_signals_restart(void)
+{
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
+            continue;
+        if (!(sa.sa_flags & SA_SIGINFO) &&
+            (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN))
+            continue;
+        if (!(sa.sa_flags & SA_RESTART))
+            return false;
+    }
+    return true;
+}
+
 static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, socklen_t len)
 {
     struct mwl_req_addr req;
@@ -1382,6 +1405,8 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
             wait = ms > INT_MAX ? INT_MAX : (int)ms;
         }
         ret = poll(&p, 1, wait);
+        if (ret < 0 && errno == EINTR && !timed && mw_signals_restart())
+            continue;              /* as the kernel restarts it */
         if (ret < 0)
             return -1;             /* EINTR: as native, the connect goes on */
         if (ret == 0)
