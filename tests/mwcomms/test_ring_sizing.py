@@ -1,0 +1,100 @@
+"""mwcommsd with a small data area: sockets get smaller rings instead of none, a socket is
+refused with ENOBUFS (and a log line) only when not even 4 KiB rings fit, and rings come back
+when sockets close. mwcommsd and the INS run as processes on sim, as in test_mwcommsd.py,
+whose helpers (World, Local, _pump, _wait) this reuses."""
+import errno
+import hashlib
+import importlib.util
+import os
+import pathlib
+import shutil
+import socket
+
+import pytest
+
+from mwcomms.xen import xenbus, xenstored
+
+_spec = importlib.util.spec_from_file_location(
+    "_mwcommsd_helpers", pathlib.Path(__file__).with_name("test_mwcommsd.py"))
+h = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h)
+
+DATA_PAGES, SOCK_SLOTS = 64, 64     # a 256 KiB data area: two sockets' worth of 64 KiB rings
+
+
+class SmallWorld(h.World):
+    def start_mwcommsd(self):
+        self.mwd = self._spawn(["mwcomms.daemon", "--backend", "sim", "--sim-dir", self.simdir,
+                                "--domid", str(h.FRONT), "--ins-domid", str(h.INS),
+                                "--xenstore", self.xs.domain_socket(h.FRONT),
+                                "--socket", self.control, "--data-pages", str(DATA_PAGES),
+                                "--sock-slots", str(SOCK_SLOTS)],
+                               str(self.tmp / "mwcommsd.log"))
+        h._wait(lambda: os.path.exists(self.control), what="control socket")
+
+
+@pytest.fixture
+def small(tmp_path):
+    if not h._have_ins():
+        pytest.skip("the INS daemon (mwcomms.ins.daemon) is not installed")
+    with xenstored.running() as xs:
+        tool = xenbus.connect_xenstore(xs.socket_path)
+        for dom in (h.FRONT, h.INS):
+            xenbus.introduce(tool, dom)
+        w = SmallWorld(xs, tool, tmp_path)
+        try:
+            w.start_ins()
+            w.start_mwcommsd()
+            w.wait_connected()
+            yield w
+        finally:
+            for p in (w.mwd, w.ins):
+                if p and p.poll() is None:
+                    p.kill()
+                    p.wait()
+            tool.close()
+            shutil.rmtree(w.sockdir, ignore_errors=True)
+
+
+def test_small_area_degrades_then_refuses_with_enobufs(small):
+    c = h.Local(small.control)
+    socks = []
+    while True:
+        try:
+            socks.append(c.socket())
+        except OSError as exc:
+            assert exc.errno == errno.ENOBUFS, exc
+            break
+        assert len(socks) <= SOCK_SLOTS, "never refused"
+    # 64 KiB rings each way would fit 2 sockets; smaller ones fit several times as many
+    assert len(socks) >= 8, len(socks)
+    print(f"\n{len(socks)} sockets in a {DATA_PAGES * 4} KiB data area, then ENOBUFS")
+    log = (small.tmp / "mwcommsd.log.err").read_text()
+    assert "data area short" in log and "new sockets get ENOBUFS" in log, log
+
+    # A socket with the smallest rings still moves bytes both ways, whole.
+    lst = socket.create_server(("127.0.0.1", 0))
+    handle, x = socks[-1]
+    assert c.connect(handle, "127.0.0.1", lst.getsockname()[1]) == 0
+    peer, _ = lst.accept()
+    out, back = os.urandom(1 << 20), os.urandom(1 << 20)
+    assert hashlib.sha256(h._pump(x, out, peer)).digest() == hashlib.sha256(out).digest()
+    assert hashlib.sha256(h._pump(peer, back, x)).digest() == hashlib.sha256(back).digest()
+
+    # Closing sockets gives their rings back: new sockets work again.
+    for _, fd in socks[:4]:
+        fd.close()
+
+    def another():
+        try:
+            socks.append(c.socket())
+            return True
+        except OSError as exc:
+            assert exc.errno == errno.ENOBUFS
+            return False
+    h._wait(another, 10, "a socket once others closed")
+    for _, fd in socks[4:]:
+        fd.close()
+    peer.close()
+    lst.close()
+    c.close()
