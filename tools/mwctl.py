@@ -325,6 +325,28 @@ def _proc_comm(pid: int) -> str:
         return ""
 
 
+def _socket_holders(inodes: set[int]) -> dict[int, list[int]]:
+    """inode -> pids whose fds hold that socket (as ss -p: every process we may look into)."""
+    out: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                ino = int(link[8:-1])
+                if ino in inodes and int(name) not in out.setdefault(ino, []):
+                    out[ino].append(int(name))
+    return out
+
+
 def _proc_uptime(pid: int) -> float | None:
     """Seconds since process `pid` started (from /proc), None if unknown."""
     try:
@@ -543,9 +565,13 @@ def cmd_sockets(args, bb: Backbone) -> int:
     if args.addr:
         socks = [d for d in socks if _addr_match(args.addr, d["local"]) or
                  _addr_match(args.addr, d["peer"])]
+    holders = _socket_holders({d["x_ino"] for d in socks}) if args.processes else {}
     for d in socks:
         d["command"] = _proc_comm(d["pid"]) if d["pid"] > 0 else ""
         d["handle_hex"] = f"{d['handle']:#x}"
+        if args.processes:
+            d["holders"] = [{"pid": p, "command": _proc_comm(p)}
+                            for p in holders.get(d["x_ino"], [])]
     if args.json:
         _emit_json(socks)
         return EXIT_OK
@@ -553,6 +579,8 @@ def cmd_sockets(args, bb: Backbone) -> int:
              "Bytes-In", "Bytes-Out", "Slot", "Handle", "Process")]
     for d in socks:
         proc = f"{d['command'] or '?'},pid={d['pid']}" if d["pid"] > 0 else "-"
+        if args.processes:
+            proc = ",".join(f'("{h["command"]}",pid={h["pid"]})' for h in d["holders"]) or "-"
         rows.append((d["proto"], d["state_name"] + (f"({d['error_name']})" if d["error"] else ""),
                      str(d["recv_q"]), str(d["send_q"]), _addr_text(d["local"]),
                      _addr_text(d["peer"]), str(d["bytes_rx"]), str(d["bytes_tx"]),
@@ -782,7 +810,7 @@ def cmd_trace(args, bb: Backbone) -> int:
                     continue
                 if args.pid is not None and rec["pid"] != args.pid:
                     continue
-                dec = _decode(rec, payload)
+                dec = _decode(rec, payload) if types or print_lines else None
                 if types and not _type_match(types, rec, dec):
                     continue
                 if writer:
@@ -1029,6 +1057,9 @@ def _parser() -> argparse.ArgumentParser:
                    "open, opening, queued, closing")
     p.add_argument("--addr", help="only sockets with this local or peer address: HOST, :PORT, "
                    "HOST:PORT or [V6]:PORT")
+    p.add_argument("-p", "--processes", action="store_true",
+                   help="Process: every process holding the socket now (from /proc, as ss -p; "
+                   "others' need root) instead of the one that created it")
     p.add_argument("-a", "--all", action="store_true",
                    help="also the sockets mwcommsd keeps ready for listeners' next connections "
                    "and the ended ones it remembers")

@@ -149,6 +149,12 @@ def test_sockets_show_what_the_program_opened(backbone, talker):
     assert any("pre-accept" in s["flag_names"] for s in every)
     assert len(every) > len(socks) + 1
 
+    # every process holding them now (as ss -p): the program alone here
+    held = mwctl_json(backbone, "sockets", "--pid", str(pid), "-p")
+    assert all([h["pid"] for h in s["holders"]] == [pid] for s in held), held
+    assert all(s["holders"][0]["command"].startswith("python") for s in held)
+    assert f",pid={pid})" in mwctl(backbone, "sockets", "--pid", str(pid), "-p").stdout
+
     # filters
     assert {(s["local"]["port"], s["peer"] and s["peer"]["port"]) for s in
             mwctl_json(backbone, "sockets", "--addr", f":{port}")} == \
