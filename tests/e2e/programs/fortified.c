@@ -3,7 +3,7 @@
  * recvfrom() into buffers of known size become __read_chk, __recv_chk, __recvfrom_chk, which
  * the shim interposes too (the lengths come from a volatile, so the compiler cannot prove
  * them safe and keeps the checked forms). Prints one line per observation; run natively and through the
- * backbone, the outputs must be the same (tests/e2e/test_fortified.py).
+ * backbone, the outputs must be the same (tests/e2e/test_c_programs.py).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
