@@ -245,6 +245,8 @@ void fe_is_trace_event(struct mwfe *e, int kind, uint32_t sock, uint16_t type, u
     struct mwl_trace_rec rec = { .kind = (uint16_t)kind, .slot = sock,
                                  .len = sizeof(ev) };
 
+    if (kind == MWL_TR_EV_TX && (!e->attached || e->broken))
+        return;                    /* post_event put nothing: no INS to send it to */
     /* sock comes from the INS unchecked when kind is EV_RX: look it up only in range */
     if (e->attached && e->by_slot && sock < e->area.nsocks)
         rec_about(e, &rec, e->by_slot[sock]);
