@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -37,6 +38,7 @@ __all__ = ["main", "Backbone", "find_backbone"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_NOT_FOUND = range(6)
 DEFAULT_CONTROL = "/run/mwcomms/control.sock"   # MWL_DEFAULT_SOCKET of local.h
+XENBUS_DEV = "/dev/xen/xenbus"                   # a domU's way to XenStore
 LINKTYPE_MWCOMMS = 147                           # LINKTYPE_USER0: see tools/mwcomms.lua
 
 
@@ -69,12 +71,19 @@ class Backbone:
     run_dir: str | None = None
 
     def xs(self):
-        """A connected pyxs client, or MwctlError(EXIT_UNREACHABLE)."""
+        """A connected pyxs client, or MwctlError(EXIT_UNREACHABLE). Without a path: dom0's
+        xenstored socket when there is one, else a domU's xenbus device."""
         from mwcomms.xen import xenbus
+        where = self.xenstore
+        if where is None:
+            sock = os.environ.get("XENSTORED_PATH") or os.path.join(
+                os.environ.get("XENSTORED_RUNDIR", "/var/run/xenstored"), "socket")
+            where = sock if os.path.exists(sock) or not os.path.exists(XENBUS_DEV) else XENBUS_DEV
         try:
-            return xenbus.connect_xenstore(self.xenstore)
+            if stat.S_ISCHR(os.stat(where).st_mode):
+                return xenbus.connect_xenstore(xenbus_path=where)
+            return xenbus.connect_xenstore(where)
         except Exception as exc:   # pyxs raises its own types, OSError, or ValueError
-            where = self.xenstore or "the default xenstored socket / xenbus device"
             raise MwctlError(f"cannot reach XenStore at {where}: {exc}", EXIT_UNREACHABLE) from None
 
 
@@ -1021,7 +1030,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dir", default=default_run_dir(),
                     help="run directory of `mwcomms up` (sim; default: %(default)s)")
     ap.add_argument("--xenstore", metavar="SOCKET",
-                    help="xenstored Unix socket (default: from --dir, else the real xenstored)")
+                    help="xenstored Unix socket or xenbus device (default: from --dir, else "
+                    "the real xenstored: its socket in dom0, /dev/xen/xenbus in a domU)")
     ap.add_argument("--control", metavar="SOCKET",
                     help=f"mwcommsd's control socket (default: from --dir, else {DEFAULT_CONTROL})")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
