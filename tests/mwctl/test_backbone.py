@@ -413,3 +413,38 @@ def test_a_slow_tracer_loses_records_not_the_engine(backbone):
         after = info_ctl.info()
     assert lost == after["trace_dropped"] - before["trace_dropped"]
     assert got <= after["trace_records"] - before["trace_records"]
+
+
+def test_status_and_stats_tell_what_went_wrong_when_the_ins_dies(tmp_path):
+    """The INS killed: status says the link is down and why, sockets show the ones it took
+    with it; `mwcomms up` brings a new INS: stats count the reconnect."""
+    if not (os.path.exists(MWCOMMS) and os.path.exists(MWCTL)):
+        pytest.skip("the mwcomms and mwctl console scripts are not installed")
+    run_dir = str(tmp_path / "bb")
+    up = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
+                        stdin=subprocess.DEVNULL, timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        t = Talker(run_dir)
+        ins_pid = json.load(open(f"{run_dir}/state.json"))["pids"]["ins"]
+        os.kill(ins_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while (m := mwctl_json(run_dir, "status")["mwcommsd"])["link"] == 1:
+            assert time.monotonic() < deadline, "mwcommsd did not notice the INS died"
+            time.sleep(0.2)
+        assert m["link_text"] == "detached (INS gone)" and "INS" in m["why"], m
+        assert "INS link detached (INS gone)" in mwctl(run_dir, "status").stdout
+        lost = mwctl_json(run_dir, "sockets", "--pid", str(t.did["pid"]), "--state", "closed")
+        assert any("ins-lost" in s["flag_names"] and s["error_name"] == "ECONNRESET"
+                   for s in lost), lost
+        t.stop()
+        again = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        deadline = time.monotonic() + 20
+        while (s := mwctl_json(run_dir, "stats")["mwcommsd"])["reconnects"] != 1:
+            assert time.monotonic() < deadline, s
+            time.sleep(0.2)
+        assert mwctl_json(run_dir, "status")["mwcommsd"]["link"] == 1
+    finally:
+        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
