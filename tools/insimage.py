@@ -3,8 +3,8 @@
     python -m mwcomms.tools.insimage [--out build/ins-image] [--install-dir /var/lib/mwcomms/ins]
 
 The kernel is Debian's (bookworm), as a stripped gzip'd ELF that libxenguest loads quickly.
-The initramfs holds only what the INS needs: busybox (the init script, `ip`, `udhcpc`), the
-evtchn / gntalloc / gntdev / netfront modules, Debian's Python 3.11 with the part of its
+The initramfs (a plain cpio: see build()) holds only what the INS needs: busybox (the init
+script, `ip`, `udhcpc`), the evtchn / gntalloc / gntdev / netfront modules, Debian's Python 3.11 with the part of its
 stdlib the INS daemon imports (found by importing it, not by a list), the INS's part of the
 installed mwcomms package (`mwcomms.ins`, `mwcomms.xen`, `_native`) with pyxs and
 _cffi_backend, the libraries all of that links against, and /etc/hosts, nsswitch.conf.
@@ -43,6 +43,7 @@ PY_ROOTS = ("runpy", "mwcomms.ins.daemon", "encodings.utf_8", "encodings.latin_1
 # The parts of the installed mwcomms package that stay out: the frontend's and the tools'.
 MWCOMMS_SKIP = ("lib", "tools", "engine", "include", "cli.py", "daemon.py", "_engine.py",
                 "_native_build.py")
+MEMORY_MB = 192    # the INS's RAM: kernel, Python, socket buffers, the mapped area
 DEFAULT_CACHE = os.environ.get("MW_REALXEN_CACHE", "/var/tmp/mwcomms-realxen")
 
 INIT = r"""#!/bin/busybox sh
@@ -118,7 +119,7 @@ XL_CFG = """# The mwcomms INS (isolated network stack) as a PV domain: xl create
 name = "{name}"
 type = "pv"
 kernel = "{dir}/vmlinux.gz"
-ramdisk = "{dir}/ins-initrd.cpio.gz"
+ramdisk = "{dir}/{initrd}"
 extra = "console=hvc0 rdinit=/init loglevel=4"
 memory = {memory}
 vcpus = 1
@@ -198,8 +199,11 @@ def _add_python(img: Cpio, libs: Libs, root: str, site: str, log) -> None:
     libs.add(img, exts)
 
 
-def build(root: str, site: str, out_dir: str, *, install_dir: str | None = None, memory_mb: int = 256, log=print) -> dict:
-    """Write vmlinux.gz, ins-initrd.cpio.gz and mwcomms-ins.cfg into `out_dir`.
+def build(root: str, site: str, out_dir: str, *, install_dir: str | None = None,
+          memory_mb: int = MEMORY_MB, gzip: bool = False, log=print) -> dict:
+    """Write vmlinux.gz, ins-initrd.cpio (.gz with gzip=True) and mwcomms-ins.cfg into
+    `out_dir`. Uncompressed by default: libxenguest gunzips a gzip'd ramdisk in dom0 before
+    the kernel sees it, which costs seconds under emulation and gains nothing at boot.
 
     @param root         an unpacked Debian tree holding PACKAGES (deb.fetch)
     @param site         the site-packages directory holding the installed mwcomms and pyxs
@@ -236,8 +240,11 @@ def build(root: str, site: str, out_dir: str, *, install_dir: str | None = None,
     libs = Libs(root)
     _add_python(img, libs, root, site, log)
     libs.add_loader(img)
-    initrd = os.path.join(out_dir, "ins-initrd.cpio.gz")
-    raw = img.write(initrd + ".tmp", compress=True, level=9)
+    for old in ("ins-initrd.cpio", "ins-initrd.cpio.gz"):
+        if os.path.exists(os.path.join(out_dir, old)):
+            os.unlink(os.path.join(out_dir, old))
+    initrd = os.path.join(out_dir, "ins-initrd.cpio" + (".gz" if gzip else ""))
+    raw = img.write(initrd + ".tmp", compress=gzip, level=9)
     os.replace(initrd + ".tmp", initrd)
     kernel = os.path.join(out_dir, "vmlinux.gz")
     shutil.copyfile(os.path.join(root, "boot", "vmlinux.gz"), kernel)
@@ -245,6 +252,7 @@ def build(root: str, site: str, out_dir: str, *, install_dir: str | None = None,
     where = install_dir or os.path.abspath(out_dir)
     with open(cfg, "w") as f:
         f.write(XL_CFG.format(cfg=os.path.join(where, NAME + ".cfg"), name=NAME, dir=where,
+                              initrd=os.path.basename(initrd),
                               memory=memory_mb))
     sizes = {"kernel": os.path.getsize(kernel), "initrd": os.path.getsize(initrd)}
     return {"kernel": kernel, "initrd": initrd, "config": cfg, "files": len(img.entries),
@@ -258,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="build/ins-image", help="output directory (%(default)s)")
     ap.add_argument("--install-dir", help="where the files will live in dom0, for the xl "
                                           "config's paths (default: the output directory)")
-    ap.add_argument("--memory", type=int, default=256, help="the domain's memory, MB")
+    ap.add_argument("--memory", type=int, default=MEMORY_MB, help="the domain's memory, MB "
+                                                                  "(%(default)s)")
+    ap.add_argument("--gzip", action="store_true", help="gzip the initramfs (smaller; slower "
+                                                        "xl create: libxenguest gunzips it)")
     ap.add_argument("--cache", default=DEFAULT_CACHE, help="download cache (%(default)s)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
@@ -271,14 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = deb.fetch(args.cache, PACKAGES, log, python=deb.host_python311())
         out = build(root, site, args.out, install_dir=args.install_dir, memory_mb=args.memory,
-                    log=log)
+                    gzip=args.gzip, log=log)
     except SetupError as exc:
         print("ins-image: %s" % exc, file=sys.stderr)
         return 1
-    print("INS image in %s: %.1f MB (kernel %.1f MB, initramfs %.1f MB gzip'd, %.1f MB "
-          "unpacked, %d entries)\n  start it in dom0: xl create %s" % (
+    print("INS image in %s: %.1f MB (kernel %.1f MB, initramfs %.1f MB%s, %d entries)\n"
+          "  start it in dom0: xl create %s" % (
               args.out, out["bytes"] / 1e6, out["kernel_bytes"] / 1e6, out["initrd_bytes"] / 1e6,
-              out["initrd_unpacked"] / 1e6, out["files"], out["config"]))
+              " gzip'd, %.1f MB unpacked" % (out["initrd_unpacked"] / 1e6) if args.gzip else "",
+              out["files"], out["config"]))
     return 0
 
 

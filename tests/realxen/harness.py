@@ -367,7 +367,7 @@ def build_dom0_image(cfg, clock, root, kver, manifest, domu_initrd, ins):
                                 _netcases().digest(100 << 20)))
     img.file("xent/netcases.py", os.path.join(GUEST, "netcases.py"))
     img.data("usr/bin/mwctl", '#!/bin/sh\nexec python3 -m mwcomms.tools.mwctl "$@"\n', 0o755)
-    img.file(INS_DIR + "/ins-initrd.cpio.gz", ins["initrd"])
+    img.file(INS_DIR + "/" + os.path.basename(ins["initrd"]), ins["initrd"])
     img.file(INS_DIR + "/mwcomms-ins.cfg", ins["config"])
     img.symlink(INS_DIR + "/vmlinux.gz", "/boot/vmlinux.gz")   # the same kernel as the domU's
     for name, state in manifest.items():

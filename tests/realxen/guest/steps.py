@@ -679,11 +679,11 @@ class Backbone:
             sh(["xl", "destroy", INS_NAME])
 
 
-def ins_console(pattern="mwcomms-ins:"):
-    """Log the INS's console lines that contain `pattern` (its boot marks)."""
+def ins_console(patterns=("mwcomms-ins:", "serving")):
+    """Log the INS's console lines that contain one of `patterns` (its boot marks)."""
     try:
         with open("/var/log/xen/console/guest-%s.log" % INS_NAME, errors="replace") as f:
-            log("\n".join("INS console| " + l.rstrip() for l in f if pattern in l))
+            log("\n".join("INS console| " + l.rstrip() for l in f if any(p in l for p in patterns)))
     except OSError:
         pass
 
@@ -699,12 +699,16 @@ def need_backbone(ctx, connected=True):
 
 def step_ins_image(ctx):
     size = config("ins_image_bytes", 0)
-    detail = "%.1f MB: kernel %.1f MB + initramfs %.1f MB gzip'd (%.1f MB unpacked)" % (
+    detail = "%.1f MB: kernel %.1f MB (gzip'd ELF) + initramfs %.1f MB (%.1f MB of files)" % (
         size / 1e6, config("ins_kernel_bytes", 0) / 1e6, config("ins_initrd_bytes", 0) / 1e6,
         config("ins_initrd_unpacked", 0) / 1e6)
-    for f in ("mwcomms-ins.cfg", "vmlinux.gz", "ins-initrd.cpio.gz"):
-        if not os.path.exists(os.path.join(os.path.dirname(INS_CFG), f)):
-            raise Fail("%s missing in %s" % (f, os.path.dirname(INS_CFG)))
+    where = os.path.dirname(INS_CFG)
+    with open(INS_CFG) as f:
+        cfg = f.read()
+    for key in ("kernel", "ramdisk"):
+        path = cfg.split('\n%s = "' % key, 1)[-1].split('"', 1)[0]
+        if not path.startswith(where + "/") or not os.path.exists(path):
+            raise Fail("the config's %s %r is not in %s" % (key, path, where))
     if not 0 < size < 40e6:
         raise Fail("%s: not under 40 MB" % detail)
     return detail
