@@ -166,8 +166,11 @@ def cmd_up(args) -> int:
         print(f"mwcomms up: the previous backbone is broken ({', '.join(dead)} not running): "
               f"taking it down and starting afresh", file=sys.stderr)
         _down(run_dir, quiet=True)
-    from mwcomms.xen import xenbus, xenstored
+    from mwcomms.xen import area, xenbus, xenstored
 
+    layout = area.AreaLayout()
+    sock_slots = args.sock_slots or layout.sock_slots
+    data_pages = args.data_pages or layout.data_pages
     os.makedirs(run_dir, exist_ok=True)
     logs = os.path.join(run_dir, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -197,10 +200,13 @@ def cmd_up(args) -> int:
             "ins": [py, "-m", "mwcomms.ins.daemon", "--backend", "sim", "--sim-dir", sim_dir,
                     "--domid", str(INS), "--xenstore", xs.socket_path,
                     "--stats", state["stats"]["ins"]],
+            # the sim's area is a sparse file: xen/area.py's default layout (32768 socket
+            # slots, 256 MiB of rings) costs nothing until used
             "mwcommsd": [py, "-m", "mwcomms.daemon", "--backend", "sim", "--sim-dir", sim_dir,
                          "--domid", str(FRONT), "--ins-domid", str(INS),
                          "--xenstore", xs.socket_path, "--socket", control,
-                         "--stats", state["stats"]["mwcommsd"]],
+                         "--stats", state["stats"]["mwcommsd"],
+                         "--sock-slots", str(sock_slots), "--data-pages", str(data_pages)],
         }
         for name in ("ins", "mwcommsd"):
             procs[name] = _spawn(state["cmds"][name], os.path.join(logs, f"{name}.log"),
@@ -382,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
                                     "whichever of the INS and mwcommsd died")
     up.add_argument("--backend", default="sim", choices=["sim", "xen"])
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the handshake")
+    up.add_argument("--sock-slots", type=int,
+                    help="mwcommsd's socket slots (default: xen/area.py's, 32768)")
+    up.add_argument("--data-pages", type=int,
+                    help="pages of mwcommsd's data area, the byte rings (default: xen/area.py's, "
+                         "65536 = 256 MiB, a sparse file on sim)")
     sub.add_parser("down", help="stop everything `up` started")
     run = sub.add_parser("run", help="run a program with its sockets in the INS")
     run.add_argument("--isolate", action="store_true",
