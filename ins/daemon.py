@@ -26,7 +26,6 @@ import os
 import queue
 import select
 import signal
-import stat
 import sys
 import threading
 import time
@@ -44,9 +43,6 @@ __all__ = ["InsDaemon", "main"]
 
 log = logging.getLogger("mwcomms.ins")
 
-XENBUS_DEVICE = "/dev/xen/xenbus"
-XENSTORED_SOCKET = "/run/xenstored/socket"
-
 
 def process_age() -> float:
     """Seconds since this process started (its imports included), from /proc; 0.0 when
@@ -59,19 +55,6 @@ def process_age() -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     return max(0.0, up - start / os.sysconf("SC_CLK_TCK"))
-
-
-def connect_xenstore(xs_path: str | None) -> pyxs.Client:
-    """A connected pyxs client for `xs_path` (see the module docstring)."""
-    if xs_path is None and not os.path.exists(XENSTORED_SOCKET) and os.path.exists(XENBUS_DEVICE):
-        xs_path = XENBUS_DEVICE
-    try:
-        device = xs_path is not None and stat.S_ISCHR(os.stat(xs_path).st_mode)
-    except OSError:
-        device = False
-    if device:
-        return xenbus.connect_xenstore(xenbus_path=xs_path)
-    return xenbus.connect_xenstore(xs_path)
 
 
 class _Device:
@@ -178,7 +161,7 @@ class InsDaemon:
         self.imported_at = 0.0                  # process_age() when main() began
 
     def xs_client(self) -> pyxs.Client:
-        return connect_xenstore(self.xs_path)
+        return xenbus.connect_xenstore(self.xs_path)
 
     def _scan(self, client: pyxs.Client) -> set[tuple[int, int]]:
         """The devices the toolstack has attached to this INS now."""
@@ -288,7 +271,7 @@ class InsDaemon:
 
 
 def _xen_domid(xs_path: str | None) -> int:
-    client = connect_xenstore(xs_path)
+    client = xenbus.connect_xenstore(xs_path)
     try:
         return int(client.read(b"domid"))
     finally:

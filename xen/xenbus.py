@@ -17,7 +17,9 @@ import argparse
 import copy
 import errno
 import logging
+import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -50,9 +52,20 @@ def back_path(ins: int, front: int, devid: int = 0) -> str:
     return f"/local/domain/{ins}/backend/{DEVICE_KIND}/{front}/{devid}"
 
 
+XENBUS_DEVICE = "/dev/xen/xenbus"
+XENSTORED_SOCKET = "/run/xenstored/socket"
+
+
 def connect_xenstore(socket_path: str | None = None, xenbus_path: str | None = None) -> pyxs.Client:
     """Open and connect a pyxs client: a Unix socket (dom0, or the sim xenstored), else the
-    xenbus device of a domU."""
+    xenbus device of a domU. A `socket_path` that is a character device is taken as a xenbus
+    device; with neither, the local xenstored's socket when there is one, else /dev/xen/xenbus
+    (a domU: the INS image, a protected domU)."""
+    if socket_path and not xenbus_path and _is_chardev(socket_path):
+        socket_path, xenbus_path = None, socket_path
+    if not socket_path and not xenbus_path and not os.path.exists(XENSTORED_SOCKET) \
+            and os.path.exists(XENBUS_DEVICE):
+        xenbus_path = XENBUS_DEVICE
     if socket_path:
         client = pyxs.Client(unix_socket_path=socket_path)
     elif xenbus_path:
@@ -61,6 +74,13 @@ def connect_xenstore(socket_path: str | None = None, xenbus_path: str | None = N
         client = pyxs.Client()
     client.connect()
     return client
+
+
+def _is_chardev(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _b(s: str | bytes) -> bytes:
