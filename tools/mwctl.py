@@ -802,8 +802,13 @@ def cmd_trace(args, bb: Backbone) -> int:
     print_lines = args.print or not args.pcap
     ctl = _control(bb)
     try:
-        if args.pcap:
+        if args.pcap == "-":              # to a pipe: `| tshark -X lua_script:... -i -`
+            if args.print:
+                raise MwctlError("--pcap - writes to stdout: no --print with it", EXIT_USAGE)
+            pcap_file = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        elif args.pcap:
             pcap_file = open(args.pcap, "wb")
+        if pcap_file:
             writer = _pcap.PcapNgWriter(
                 pcap_file, LINKTYPE_MWCOMMS, name=f"mwcomms:{bb.control}",
                 description="mwcomms ring messages (mwctl trace; docs/mwctl.md)")
@@ -825,6 +830,8 @@ def cmd_trace(args, bb: Backbone) -> int:
                 if writer:
                     writer.packet(rec["ns"], payload, flags=_pcap.EPB_OUTBOUND
                                   if rec["kind"] in TR_TO_INS else _pcap.EPB_INBOUND)
+                    if args.pcap == "-":
+                        writer.flush()
                 if print_lines:
                     if args.json:
                         doc = dict(rec, **{k: v for k, v in dec.items() if k != "text"})
@@ -1088,7 +1095,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--snaplen", type=int, default=256,
                    help="data bytes kept per data record (default %(default)s, at most 65536)")
     p.add_argument("--pcap", metavar="FILE", help="write the records as pcap-ng (link type "
-                   "USER0; decode with `tshark -X lua_script:$(mwctl dissector)`)")
+                   "USER0; decode with `tshark -X lua_script:$(mwctl dissector)`); - for "
+                   "stdout, e.g. piped into `tshark ... -i -`")
     p.add_argument("--print", action="store_true", help="with --pcap: print the records too")
     p.add_argument("--count", type=int, default=0, help="stop after N records")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")

@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -283,6 +284,22 @@ def test_trace_shows_connect_and_data(backbone, tmp_path):
                for row in rows), r.stdout[:2000]
     assert any(row[0] == "5" and bytes.fromhex(row[4].replace(":", "")).startswith(b"trace-me")
                for row in rows if row[4])
+
+
+def test_trace_pcap_to_a_pipe(backbone, tmp_path):
+    proc = subprocess.Popen([MWCTL, "--dir", backbone, "trace", "--pcap", "-", "--type", "socket",
+                             "--count", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert b"tracing" in proc.stderr.readline()
+    subprocess.run([MWCOMMS, "--dir", backbone, "run", "--", sys.executable, "-c",
+                    "import socket; socket.socket().close()"], check=True, timeout=60,
+                   stdin=subprocess.DEVNULL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    (tmp_path / "p.pcapng").write_bytes(out)
+    from mwcomms.tools import _pcap
+    pkts = list(_pcap.read_pcapng(str(tmp_path / "p.pcapng")))
+    assert [struct.unpack_from("<H", p.data, 8)[0] for p in pkts] == [1, 2]   # REQ, RSP
+    assert all(struct.unpack_from("<H", p.data, 40 + 4)[0] == 1 for p in pkts)  # SOCKET
 
 
 def test_trace_filters_by_socket(backbone):
