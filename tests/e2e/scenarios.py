@@ -913,11 +913,74 @@ def odd_calls():
     call("socket-seqpacket-inet", socket.socket, socket.AF_INET, socket.SOCK_SEQPACKET)
 
 
+def _poll_events(s, settle=0.2):
+    """What poll() reports for s right now, after letting in-flight events land."""
+    time.sleep(settle)
+    p = select.poll()
+    p.register(s, select.POLLIN | select.POLLOUT | select.POLLPRI | select.POLLRDHUP)
+    r = p.poll(0)
+    m = r[0][1] if r else 0
+    return [n for n, b in (("IN", select.POLLIN), ("OUT", select.POLLOUT),
+                           ("PRI", select.POLLPRI), ("ERR", select.POLLERR),
+                           ("HUP", select.POLLHUP), ("RDHUP", select.POLLRDHUP),
+                           ("NVAL", select.POLLNVAL)) if m & b]
+
+
+def readiness():
+    """poll() events through a connection's life: connected, data, the peer's half-close, both
+    half-closes, after a reset was read, the peer gone; UDP. (Where forwarded sockets still
+    differ: never connected and listening sockets, POLLERR; see shim/README.md.)"""
+    srv = listener()
+    c = socket.socket()
+    c.connect(srv.getsockname())
+    rec("connected-client", _poll_events(c))
+    a, _ = srv.accept()
+    rec("accepted", _poll_events(a))
+    c.send(b"data")
+    rec("accepted-with-data", _poll_events(a))
+    a.recv(10)
+    rec("drained", _poll_events(a))
+    c.shutdown(socket.SHUT_WR)
+    rec("peer-shut-wr", _poll_events(a))
+    rec("after-own-shut-wr", _poll_events(c))
+    a.shutdown(socket.SHUT_WR)
+    rec("both-shut-a", _poll_events(a))
+    rec("both-shut-c", _poll_events(c))
+    a.close()
+    c.close()
+    c = socket.socket()
+    c.connect(srv.getsockname())
+    a, _ = srv.accept()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close()
+    time.sleep(0.3)
+    call("recv-after-reset", c.recv, 10)
+    rec("after-reset-read", _poll_events(c))
+    c.close()
+    c = socket.socket()
+    c.connect(srv.getsockname())
+    a, _ = srv.accept()
+    a.close()
+    rec("peer-closed", _poll_events(c, 0.3))
+    c.close()
+    srv.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rec("udp-unbound", _poll_events(u, 0))
+    u.bind(("127.0.0.1", 0))
+    u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u2.sendto(b"d", u.getsockname())
+    rec("udp-with-datagram", _poll_events(u))
+    u.recv(10)
+    rec("udp-drained", _poll_events(u))
+    for x in (u, u2):
+        x.close()
+
+
 SCENARIOS = {f.__name__: f for f in (tcp_basic, tcp_ipv6, errors, unconnected, nonblocking_connect, accept4_flags,
                                       msg_flags, udp, udp_refused, big_transfer, dup_close, fork_child,
                                       exec_child, resolve, mmsg, ioctls, resolve_flags, fd_calls,
                                       accept_timeout, eintr, sockopts, rw_calls,
-                                      write_after_peer_close, odd_calls)}
+                                      write_after_peer_close, odd_calls, readiness)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]]()
