@@ -4,17 +4,21 @@
 
     status                                each frontend and INS: handshake, version, features,
                                           rings, event channel counts, uptime
-    sockets [--pid P] [--state S] [--addr A]   the forwarded sockets, in the spirit of ss
+    sockets [--pid P] [--state S] [--addr A] [-p] [-a]   the forwarded sockets, as ss
     xenstore [PATH]                       the mwcomms part of the tree, states decoded
     stats [--watch S]                     counters: calls, errors by errno, bytes, reconnects
-    trace [--sock H] [--pid P] [--type T] [--pcap FILE]   ring messages as they pass, decoded
+    trace [--sock H] [--pid P] [--type T] [--pcap FILE|-]   ring messages as they pass, decoded
     attach --frontend DOMID --ins DOMID   create the device's XenStore nodes (dom0)
     detach --frontend DOMID --ins DOMID   remove them
+    dissector                             the Lua dissector of trace --pcap files, for tshark
+
+The data: XenStore (pyxs), mwcommsd's introspection ops on its control socket
+(mwcomms/include/mwcomms/introspect.h: INFO, SOCKETS, TRACE) and the INS's stats file.
 
 Finding the backbone: options given on the command line win; else the run directory of
 `mwcomms up` (--dir, default as mwcomms's own) when its state.json exists (sim: the
 xenstored socket, mwcommsd's control socket, the daemons' stats files); else a Xen host:
-the real xenstored (pyxs's default socket or xenbus device) and the control socket
+the real xenstored (dom0's socket, else a domU's xenbus device) and the control socket
 /run/mwcomms/control.sock.
 
 Exit codes (stable, docs/mwctl.md): 0 done; 1 the operation failed; 2 usage; 3 the backbone
@@ -34,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["main", "Backbone", "find_backbone"]
+__all__ = ["main", "Backbone", "find_backbone", "Control", "MwctlError"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_NOT_FOUND = range(6)
 DEFAULT_CONTROL = "/run/mwcomms/control.sock"   # MWL_DEFAULT_SOCKET of local.h
@@ -101,7 +105,9 @@ def find_backbone(args) -> Backbone:
             state = json.load(f)
     except FileNotFoundError:
         state = None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise _os_error(exc, f"cannot read {state_path}") from None
+    except ValueError as exc:
         raise MwctlError(f"cannot read {state_path}: {exc}", EXIT_UNREACHABLE) from None
     if state:
         bb.backend = state.get("backend", "sim")
@@ -121,12 +127,6 @@ def find_backbone(args) -> Backbone:
 def _emit_json(doc) -> None:
     json.dump(doc, sys.stdout, indent=1, sort_keys=False)
     sys.stdout.write("\n")
-
-
-def _state_text(raw: str) -> str:
-    from mwcomms.xen.xenbus import XenbusState
-    st = XenbusState.parse(raw)
-    return f"{raw} ({st.name.capitalize()})"
 
 
 # ---- mwcommsd's introspection ops (mwcomms/include/mwcomms/introspect.h) --------------------
