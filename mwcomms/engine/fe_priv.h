@@ -152,7 +152,8 @@ struct mwfe {
     struct fe_client *clients;
     uint32_t nclients;
     struct fe_sock **socks;    /* by local index; NULL: free */
-    uint32_t *gens;            /* generation last given out at each index */
+    uint32_t *gens;            /* generation last given out at each index (from gen_base) */
+    uint32_t gen_base;         /* random per instance: old handles do not alias new ones */
     struct fe_sock *grave_sk;  /* freed at the end of the round */
     struct fe_client *grave_c;
     uint32_t *free_idx, nfree_idx;

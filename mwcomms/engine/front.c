@@ -24,6 +24,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -134,7 +135,11 @@ static struct fe_sock *sk_new(struct mwfe *e, uid_t uid, int family, int type, i
         return NULL;
     idx = e->free_idx[--e->nfree_idx];
     sk->idx = idx;
-    sk->gen = ++e->gens[idx];      /* a new generation each time the entry is used */
+    /* a new generation each time the entry is used, from this instance's random base: a
+     * handle given out by an earlier mwcommsd (programs outlive a restart) names nothing */
+    sk->gen = e->gen_base + ++e->gens[idx];
+    if (sk->gen == 0)              /* never a zero handle */
+        sk->gen = e->gen_base + ++e->gens[idx];
     e->socks[idx] = sk;
     sk->src.kind = SRC_SOCK;
     sk->src.fd = -1;
@@ -2512,6 +2517,8 @@ int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
         return -EINVAL;
     }
     nofile_raise();
+    if (getrandom(&e->gen_base, sizeof(e->gen_base), GRND_NONBLOCK) != sizeof(e->gen_base))
+        e->gen_base = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
     e->listen.fd = e->ctl.fd = e->evsrc.fd = e->link_efd = e->ep = -1;
     e->listen.kind = SRC_LISTEN;
     e->ctl.kind = SRC_CTL;
