@@ -188,7 +188,7 @@ static void trace_emit(struct mwfe *e, struct mwl_trace_rec *rec, const void *fi
             iov[n++] = (struct iovec){ (void *)fixed, flen };
         total = sizeof(h) + sizeof(*rec) + flen;
         room = tr->snaplen;
-        for (int i = 0; i < ndata && room > 0; i++) {
+        for (int i = 0; i < ndata && room > 0 && n < (int)(sizeof(iov) / sizeof(iov[0])); i++) {
             size_t take = data[i].iov_len < room ? data[i].iov_len : room;
 
             if (take) {
