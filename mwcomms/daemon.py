@@ -24,6 +24,7 @@ area needs more (it runs as root there), or says what to do.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
@@ -45,7 +46,11 @@ __all__ = ["FrontendDaemon", "main"]
 
 log = logging.getLogger("mwcomms.daemon")
 
-DEFAULT_LAYOUT = area.AreaLayout(cmd_ring_pages=4, evq_pages=4, sock_slots=1024, data_pages=8192)
+# The area's layout by backend. sim: xen/area.py's defaults (a sparse file: untouched pages
+# cost nothing). xen: every page is a grant of real memory, shared through gntalloc and
+# mapped by the INS: 8246 pages (1024 sockets, 32 MiB of rings) unless told otherwise.
+DEFAULT_LAYOUT = area.AreaLayout()
+XEN_LAYOUT = area.AreaLayout(cmd_ring_pages=4, evq_pages=4, sock_slots=1024, data_pages=8192)
 GNTALLOC_LIMIT = "/sys/module/xen_gntalloc/parameters/limit"
 
 
@@ -258,9 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--xenstore", help="XenStore socket (default: the platform's own)")
     ap.add_argument("--socket", required=True, help="control socket path for the shims")
     ap.add_argument("--log", help="log file (default: stderr)")
-    ap.add_argument("--data-pages", type=int, default=DEFAULT_LAYOUT.data_pages,
-                    help="pages of the data area (byte rings and out-of-line buffers)")
-    ap.add_argument("--sock-slots", type=int, default=DEFAULT_LAYOUT.sock_slots)
+    ap.add_argument("--data-pages", type=int,
+                    help="pages of the data area (byte rings and out-of-line buffers; default "
+                         f"{DEFAULT_LAYOUT.data_pages} on sim, {XEN_LAYOUT.data_pages} on xen)")
+    ap.add_argument("--sock-slots", type=int, help=f"socket table entries (default "
+                    f"{DEFAULT_LAYOUT.sock_slots} on sim, {XEN_LAYOUT.sock_slots} on xen)")
+    ap.add_argument("--cmd-ring-pages", type=int, help="pages of the command ring")
+    ap.add_argument("--evq-pages", type=int, help="pages of each event queue")
     ap.add_argument("--ring-order", type=int, default=0,
                     help="log2 of each byte ring of a stream socket (default 16)")
     ap.add_argument("--stats", help="write the engine's counters here (JSON, every second)")
@@ -282,9 +291,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        layout = area.AreaLayout(cmd_ring_pages=DEFAULT_LAYOUT.cmd_ring_pages,
-                                 evq_pages=DEFAULT_LAYOUT.evq_pages, sock_slots=args.sock_slots,
-                                 data_pages=args.data_pages).check()
         if args.backend == "sim" or (args.backend is None and args.sim_dir):
             if not args.sim_dir:
                 ap.error("sim needs --sim-dir")
@@ -295,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("platform: %s", exc)
         return 1
     try:
+        given = {k: getattr(args, k) for k in ("cmd_ring_pages", "evq_pages", "sock_slots",
+                                                "data_pages") if getattr(args, k) is not None}
+        layout = dataclasses.replace(XEN_LAYOUT if plat.backend == "xen" else DEFAULT_LAYOUT,
+                                     **given).check()
         daemon = FrontendDaemon(plat, args.xenstore, args.domid, args.ins_domid, args.socket,
                                 devid=args.devid, layout=layout,
                                 engine=Engine(stream_order=args.ring_order),
