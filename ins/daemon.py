@@ -102,7 +102,8 @@ class _Device:
         self.link.teardown()
 
     def kick_out(self, why: str) -> None:
-        """The engine found a violation: close the connection, then offer a fresh one."""
+        """The engine disconnected the frontend (a violation, or the frontend is gone): close
+        the connection, then offer a fresh one."""
         log.warning("device %s: frontend dom%d disconnected: %s", self.path, self.front, why)
 
         def cycle():
@@ -121,9 +122,12 @@ class _Device:
                 if not self.stop.is_set():
                     self.driver.want = True     # rule 1: advertise again
 
+        # the engine disconnects a frontend that broke the protocol, and one found gone (its
+        # event channel end closed): the reason says which
+        what = "frontend gone" if "is gone" in why else "protocol violation"
         client = self.daemon.xs_client()
         try:
-            xenbus.write_txn(client, {f"{self.path}/error": f"protocol violation: {why}"[:1000]},
+            xenbus.write_txn(client, {f"{self.path}/error": f"{what}: {why}"[:1000]},
                              require=self.path)
         except OSError:
             pass
