@@ -1088,8 +1088,10 @@ static int do_accept(struct ins_front *fe, const struct mw_req *req)
     s->accepts_tail = &a->next;
     fe->slot_state[b->new_sock] = INS_SLOT_RESERVED;
     fe->st.sockets++;
-    /* answered by pump_accept when a connection arrives (maybe now) */
-    return sock_pump(s);
+    /* answered by pump_accept when a connection arrives: epoll (level-triggered) reports
+     * one already waiting, so no accept4() here that would mostly say EAGAIN */
+    sock_update_epoll(s);
+    return 0;
 
 out:
     return respond_ret(fe, req->id, req->cmd, req->sock, ret);
