@@ -45,6 +45,15 @@ f.port = ProtoField.uint16("mwcomms.port", "Port")
 f.ipv4 = ProtoField.ipv4("mwcomms.ipv4", "IPv4 address")
 f.ipv6 = ProtoField.ipv6("mwcomms.ipv6", "IPv6 address")
 f.backlog = ProtoField.int32("mwcomms.backlog", "Backlog")
+f.how = ProtoField.int32("mwcomms.how", "Shutdown how", base.DEC,
+                         { [0] = "SHUT_RD", [1] = "SHUT_WR", [2] = "SHUT_RDWR" })
+f.level = ProtoField.int32("mwcomms.level", "Option level")
+f.optname = ProtoField.int32("mwcomms.optname", "Option name")
+f.optlen = ProtoField.uint32("mwcomms.optlen", "Option length")
+f.ioctl = ProtoField.uint32("mwcomms.ioctl", "Ioctl", base.DEC,
+                            { [1] = "SIOCATMARK", [2] = "SIOCOUTQ", [3] = "SIOCINQ" })
+f.gai_status = ProtoField.int32("mwcomms.gai_status", "Resolver status (EAI_*)")
+f.gai_len = ProtoField.uint32("mwcomms.gai_len", "Answer length")
 f.new_sock = ProtoField.uint32("mwcomms.new_sock", "New socket slot")
 f.ev_type = ProtoField.uint16("mwcomms.event", "Event", base.DEC, EVENTS)
 f.ev_arg = ProtoField.uint64("mwcomms.event_arg", "Event argument")
@@ -86,6 +95,16 @@ local function request(tvb, tree)
     elseif cmd == 5 then
         tree:add_le(f.new_sock, tvb(16, 4))
         info = info .. " new_sock=" .. tvb(16, 4):le_uint()
+    elseif cmd == 6 then
+        tree:add_le(f.how, tvb(16, 4))
+        info = info .. " how=" .. tvb(16, 4):le_int()
+    elseif cmd == 8 or cmd == 9 then
+        tree:add_le(f.level, tvb(16, 4))
+        tree:add_le(f.optname, tvb(20, 4))
+        tree:add_le(f.optlen, tvb(24, 4))
+        info = info .. " level=" .. tvb(16, 4):le_int() .. " name=" .. tvb(20, 4):le_int()
+    elseif cmd == 14 then
+        tree:add_le(f.ioctl, tvb(16, 4))
     end
     tree:add(f.body, tvb(16, 112))
     return info
@@ -103,6 +122,12 @@ local function response(tvb, tree)
     if ret >= 0 and ADDR_RSP[cmd] then
         local a = sockaddr(tvb, 24, tree)
         if a then info = info .. " " .. a end
+    elseif ret >= 0 and cmd == 8 then
+        tree:add_le(f.optlen, tvb(24, 4))
+    elseif ret >= 0 and (cmd == 12 or cmd == 13) then
+        tree:add_le(f.gai_status, tvb(24, 4))
+        tree:add_le(f.gai_len, tvb(32, 4))
+        info = info .. " status=" .. tvb(24, 4):le_int() .. " len=" .. tvb(32, 4):le_uint()
     end
     tree:add(f.body, tvb(24, 104))
     return info
