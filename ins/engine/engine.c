@@ -190,13 +190,15 @@ static int post(struct ins_front *fe, uint32_t slot, uint16_t type, uint64_t arg
 
 /* Close a socket without ever blocking the loop: close(2) waits up to the linger time when a
  * frontend set SO_LINGER {on, N > 0}, even on a non-blocking socket. The INS drops the wait and
- * lets its kernel finish sending in the background; {on, 0} (reset at once) is kept. */
-static void sock_close_fd(int fd)
+ * lets its kernel finish sending in the background; {on, 0} (reset at once) is kept.
+ * @param linger_set  the frontend set SO_LINGER on it (or its listener): else nothing to ask */
+static void sock_close_fd(int fd, int linger_set)
 {
     struct linger lg = { 0 };
     socklen_t l = sizeof(lg);
 
-    if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0 && lg.l_onoff && lg.l_linger > 0) {
+    if (linger_set && getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0 && lg.l_onoff &&
+        lg.l_linger > 0) {
         lg.l_onoff = 0;
         lg.l_linger = 0;
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -625,7 +627,7 @@ static void sock_free(struct ins_sock *s, int close_fd)
     if (s->ev)
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, s->fd, NULL);
     if (close_fd)
-        sock_close_fd(s->fd);
+        sock_close_fd(s->fd, s->linger_set);
     while ((a = s->accepts)) {
         s->accepts = a->next;
         fe->slot_state[a->new_sock] = INS_SLOT_FREE;
@@ -652,7 +654,7 @@ static void orphan_free(struct ins_orphan *o)
         }
     }
     epoll_ctl(o->fe->eng->epfd, EPOLL_CTL_DEL, o->fd, NULL);
-    sock_close_fd(o->fd);
+    sock_close_fd(o->fd, o->linger_set);
     o->fe->st.buf_bytes -= o->len;
     free(o->buf);
     o->buf = NULL;
@@ -710,7 +712,8 @@ static int sock_orphan(struct ins_sock *s)
 
     if (s->type != MW_SOCK_STREAM || !s->connected || s->tx_dead)
         return 0;
-    if (getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0 && lg.l_onoff && !lg.l_linger)
+    if (s->linger_set && getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &l) == 0 &&
+        lg.l_onoff && !lg.l_linger)
         return 0;                   /* SO_LINGER {on, 0}: discard and reset */
     while (mw_bring_write_fd(&s->tx, s->fd, UINT32_MAX) > 0)
         ;
@@ -732,6 +735,7 @@ static int sock_orphan(struct ins_sock *s)
     }
     o->len = (uint32_t)mw_bring_peek(&s->tx, o->buf, (uint32_t)avail);
     o->kind = INS_K_ORPHAN;
+    o->linger_set = s->linger_set;
     o->fe = fe;
     o->fd = s->fd;
     if (s->ev)
@@ -796,6 +800,7 @@ static int pump_accept(struct ins_sock *s)
             continue;
         }
         ns->connected = 1;
+        ns->linger_set = s->linger_set;     /* accepted sockets inherit the listener's */
         ins_sockaddr_from((struct sockaddr *)&ss, &peer);
         mw_rsp_build_addr(&rsp, a->id, MW_CMD_ACCEPT, s->slot, &peer);
         free(a);
@@ -1265,6 +1270,8 @@ static int do_setsockopt(struct ins_front *fe, const struct mw_req *req)
     /* SO_SNDBUF/SO_RCVBUF: the kernel caps them (net.core.wmem_max/rmem_max) */
     if (setsockopt(s->fd, b->level, b->name, val, b->len) < 0)
         ret = -errno;
+    else if (b->level == SOL_SOCKET && b->name == SO_LINGER)
+        s->linger_set = 1;          /* closing it must look at SO_LINGER (sock_close_fd) */
 
 out:
     return respond_ret(fe, req->id, req->cmd, req->sock, ret);

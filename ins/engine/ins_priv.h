@@ -61,6 +61,7 @@ struct ins_sock {
     unsigned tx_dead:1;        /* sending failed for good: tx bytes are discarded */
     unsigned shut_pending:1;   /* SHUTDOWN(SHUT_WR) waits for tx to drain (shut_id) */
     unsigned shut_wr:1;        /* our sending side is shut down */
+    unsigned linger_set:1;     /* SETSOCKOPT(SO_LINGER) was applied (here or on the listener) */
     unsigned rx_hot:2;         /* 2: bytes went into rx this period; 1: last one; 0: trimmed
                                 * or never used (front_trim_rings) */
     uint32_t connect_id;
@@ -82,6 +83,7 @@ struct ins_orphan {
     struct ins_orphan *next_dead;
     int dead;                  /* sent or failed: stale epoll events are ignored */
     int fd;
+    int linger_set;            /* as its socket's: closing it looks at SO_LINGER */
     uint8_t *buf;
     uint32_t len, off;
 };
