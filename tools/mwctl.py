@@ -283,7 +283,6 @@ class Control:
                 d["proto"] = ("tcp" if d["type"] == socket.SOCK_STREAM else "udp") + \
                     ("6" if d["family"] == socket.AF_INET6 else "")
                 d["send_q"] = d["p_inq"] + d["tx_used"]
-                d["recv_q"] = d["rx_used"] + d["p_outq"]
                 d["error_name"] = _errname(d["error"]) if d["error"] else None
                 out.append(d)
             if not nxt:
@@ -354,6 +353,52 @@ def _socket_holders(inodes: set[int]) -> dict[int, list[int]]:
                 if ino in inodes and int(name) not in out.setdefault(ino, []):
                     out[ino].append(int(name))
     return out
+
+
+_NLMSG = struct.Struct("=IHHII")
+_UNIX_DIAG_REQ = struct.Struct("=BBHIII8s")
+_UNIX_DIAG_MSG = struct.Struct("=BBBBI8s")
+SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR = 20, 1, 0x300, 3, 2
+UDIAG_SHOW_RQLEN, UNIX_DIAG_RQLEN = 0x10, 4
+
+
+def _unix_rqueues(inodes: set[int]) -> dict[int, int]:
+    """inode -> payload bytes waiting in that AF_UNIX socket's receive queue, from sock_diag
+    (as `ss -x`; sockets of this network namespace). Empty when the kernel will not say."""
+    out: dict[int, int] = {}
+    if not inodes:
+        return out
+    try:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 4)
+    except OSError:
+        return out
+    with nl:
+        nl.settimeout(5)
+        req = _UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_RQLEN, b"")
+        try:
+            nl.send(_NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY,
+                                NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
+            while True:
+                buf = nl.recv(1 << 16)
+                off = 0
+                while off + _NLMSG.size <= len(buf):
+                    length, mtype, _f, _seq, _pid = _NLMSG.unpack_from(buf, off)
+                    if mtype in (NLMSG_DONE, NLMSG_ERROR) or length < _NLMSG.size:
+                        return out
+                    body = buf[off + _NLMSG.size:off + length]
+                    _fam, _type, _state, _pad, ino, _ck = _UNIX_DIAG_MSG.unpack_from(body)
+                    if ino in inodes:
+                        a = _UNIX_DIAG_MSG.size
+                        while a + 4 <= len(body):
+                            alen, atype = struct.unpack_from("=HH", body, a)
+                            if alen < 4:
+                                break
+                            if atype == UNIX_DIAG_RQLEN and alen >= 12:
+                                out[ino] = struct.unpack_from("=I", body, a + 4)[0]
+                            a += (alen + 3) & ~3
+                    off += (length + 3) & ~3
+        except OSError:
+            return out
 
 
 def _proc_uptime(pid: int) -> float | None:
@@ -575,7 +620,13 @@ def cmd_sockets(args, bb: Backbone) -> int:
         socks = [d for d in socks if _addr_match(args.addr, d["local"]) or
                  _addr_match(args.addr, d["peer"])]
     holders = _socket_holders({d["x_ino"] for d in socks}) if args.processes else {}
+    waiting = _unix_rqueues({d["x_ino"] for d in socks})
     for d in socks:
+        # Recv-Q: in the rx ring + in the application's socket (X), as the kernel counts it;
+        # without that (another namespace), what P holds for it in kernel memory
+        d["x_rqueue"] = waiting.get(d["x_ino"])
+        d["recv_q"] = d["rx_used"] + (d["x_rqueue"] if d["x_rqueue"] is not None else
+                                      d["p_outq"])
         d["command"] = _proc_comm(d["pid"]) if d["pid"] > 0 else ""
         d["handle_hex"] = f"{d['handle']:#x}"
         if args.processes:

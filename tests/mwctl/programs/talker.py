@@ -43,6 +43,8 @@ except OSError as exc:
     refused_errno = exc.errno
 refused.close()
 
+acc.sendall(b"z" * 777)          # the client never reads these: its Recv-Q
+
 print(json.dumps({"pid": os.getpid(), "client": cli.getsockname(), "server": srv.getsockname(),
                   "udp": udp.getsockname(), "dgram": len(dgram), "refused": refused_errno}),
       flush=True)
