@@ -1085,17 +1085,26 @@ def _parser() -> argparse.ArgumentParser:
         prog="mwctl", description="Inspect the mwcomms backbone; attach and detach its devices.",
         epilog="exit codes: 0 done, 1 failed, 2 usage, 3 backbone unreachable, "
                "4 permission denied, 5 no such object")
-    ap.add_argument("--dir", default=default_run_dir(),
-                    help="run directory of `mwcomms up` (sim; default: %(default)s)")
-    ap.add_argument("--xenstore", metavar="SOCKET",
-                    help="xenstored Unix socket or xenbus device (default: from --dir, else "
-                    "the real xenstored: its socket in dom0, /dev/xen/xenbus in a domU)")
-    ap.add_argument("--control", metavar="SOCKET",
-                    help=f"mwcommsd's control socket (default: from --dir, else {DEFAULT_CONTROL})")
+    def where(parser, default):
+        """--dir, --xenstore, --control: before the command, and after it too (there with
+        SUPPRESS as default: absent, they keep what was given before the command)."""
+        parser.add_argument("--dir", default=default, help="run directory of `mwcomms up` "
+                            f"(sim; default: {default_run_dir()})")
+        parser.add_argument("--xenstore", metavar="SOCKET", default=default,
+                            help="xenstored Unix socket or xenbus device (default: from --dir, "
+                            "else the real xenstored: its socket in dom0, /dev/xen/xenbus in a "
+                            "domU)")
+        parser.add_argument("--control", metavar="SOCKET", default=default,
+                            help=f"mwcommsd's control socket (default: from --dir, else "
+                            f"{DEFAULT_CONTROL})")
+        return parser
+
+    where(ap, None)
+    after = where(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def add(name, help_, fn, json_=True):
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, parents=[after])
         p.set_defaults(fn=fn)
         if json_:
             p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -1111,8 +1120,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="the protected domain (mwcommsd)")
         p.add_argument("--ins", type=int, required=True, metavar="DOMID", help="the INS domain")
         p.add_argument("--devid", type=int, default=0, help="device number (default 0)")
-        p.add_argument("--xenstore", metavar="SOCKET", default=argparse.SUPPRESS,
-                       help="xenstored Unix socket (as before the command)")
         if name == "attach":
             p.add_argument("--force", action="store_true",
                            help="replace an existing device (its drivers see it vanish first)")
@@ -1155,14 +1162,14 @@ def _parser() -> argparse.ArgumentParser:
         "files", cmd_dissector, json_=False)
     p = add("xenstore", "the mwcomms part of the XenStore tree, states decoded", cmd_xenstore)
     p.add_argument("path", nargs="?", help="a subtree to show instead (any path)")
-    p.add_argument("--xenstore", metavar="SOCKET", default=argparse.SUPPRESS,
-                   help="xenstored Unix socket (as before the command)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    if args.dir is None:
+        args.dir = default_run_dir()
     try:
         bb = find_backbone(args)
         return args.fn(args, bb)

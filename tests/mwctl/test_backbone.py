@@ -404,6 +404,10 @@ def test_help_and_exit_codes(backbone, tmp_path):
                         "--xenstore", f"{nothing}/xs", "status"], capture_output=True, text=True)
     assert r.returncode == 3
     assert mwctl(backbone, "sockets", "--bogus").returncode == 2
+    # where the backbone is may also follow the command
+    r = subprocess.run([MWCTL, "status", "--json", "--dir", backbone], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout)["mwcommsd"]["link"] == 1
     assert mwctl(backbone, "trace", "--sock", "nope").returncode == 2
 
 
