@@ -1072,10 +1072,19 @@ static int mw_status(const struct mw_fd *e, struct mwl_rsp_status *st)
 /* A read of a forwarded stream socket returned 0: EOF, or the pending error of a failed one. */
 static ssize_t mw_eof_or_error(int fd)
 {
+    struct pollfd p = { .fd = fd, .events = 0 };
     struct mw_fd e;
     struct mwl_rsp_status st;
-    int ret;
+    int ret, saved = errno;
 
+    /* A clean end of the stream is mwcommsd's shutdown(P, SHUT_WR): X is shut for reading
+     * only. A failed connection (shutdown of both ways), a dead mwcommsd (P closed) or the
+     * application's own SHUT_WR leave X shut both ways, which poll() reports as POLLHUP:
+     * only then is mwcommsd asked (a round trip saved on every clean close). */
+    ret = poll(&p, 1, 0);      /* no events asked: 0 when none of those three is up */
+    errno = saved;
+    if (ret == 0 || (ret == 1 && !(p.revents & (POLLHUP | POLLERR | POLLNVAL))))
+        return 0;
     if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return 0;
     ret = mw_status(&e, &st);
