@@ -32,21 +32,34 @@ def backbone():
     directory goes, kept afterwards so that their logs can be read)."""
     if not (os.path.exists(MWCOMMS) and os.path.exists(MWCTL)):
         pytest.skip("the mwcomms and mwctl console scripts are not installed")
-    base = os.environ.get("MWCTL_TEST_RUN_BASE")
-    run_dir = tempfile.mkdtemp(prefix="mwctl-test-", dir=base)
+    run_dir = _new_run_dir()
+    up = _up(run_dir)
+    if up.returncode != 0:
+        _down(run_dir)
+        pytest.fail(f"mwcomms up failed ({up.returncode}): {up.stdout}{up.stderr}")
+    yield run_dir
+    _down(run_dir)
+
+
+def _new_run_dir():
+    # short (AF_UNIX paths), and not under pytest's 0700 tree: the rights test acts as
+    # another user
+    run_dir = tempfile.mkdtemp(prefix="mwctl-test-", dir=os.environ.get("MWCTL_TEST_RUN_BASE"))
     os.chmod(run_dir, 0o755)
+    return run_dir
+
+
+def _up(run_dir):
     env = dict(os.environ)
     if os.environ.get("MWCTL_TEST_DAEMON_PRELOAD"):
         env["LD_PRELOAD"] = os.environ["MWCTL_TEST_DAEMON_PRELOAD"]
-    up = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
-                        stdin=subprocess.DEVNULL, timeout=120, env=env)
-    if up.returncode != 0:
-        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        pytest.fail(f"mwcomms up failed ({up.returncode}): {up.stdout}{up.stderr}")
-    yield run_dir
+    return subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, env=env)
+
+
+def _down(run_dir):
     subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
-    if not base:
+    if not os.environ.get("MWCTL_TEST_RUN_BASE"):     # else test_asan.py reads the logs
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -449,14 +462,13 @@ def test_a_slow_tracer_loses_records_not_the_engine(backbone):
     assert got <= after["trace_records"] - before["trace_records"]
 
 
-def test_status_and_stats_tell_what_went_wrong_when_the_ins_dies(tmp_path):
+def test_status_and_stats_tell_what_went_wrong_when_the_ins_dies():
     """The INS killed: status says the link is down and why, sockets show the ones it took
     with it; `mwcomms up` brings a new INS: stats count the reconnect."""
     if not (os.path.exists(MWCOMMS) and os.path.exists(MWCTL)):
         pytest.skip("the mwcomms and mwctl console scripts are not installed")
-    run_dir = str(tmp_path / "bb")
-    up = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
-                        stdin=subprocess.DEVNULL, timeout=120)
+    run_dir = _new_run_dir()
+    up = _up(run_dir)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         t = Talker(run_dir)
@@ -472,8 +484,7 @@ def test_status_and_stats_tell_what_went_wrong_when_the_ins_dies(tmp_path):
         assert any("ins-lost" in s["flag_names"] and s["error_name"] == "ECONNRESET"
                    for s in lost), lost
         t.stop()
-        again = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
-                               stdin=subprocess.DEVNULL, timeout=120)
+        again = _up(run_dir)
         assert again.returncode == 0, again.stdout + again.stderr
         deadline = time.monotonic() + 20
         while (s := mwctl_json(run_dir, "stats")["mwcommsd"])["reconnects"] != 1:
@@ -481,4 +492,4 @@ def test_status_and_stats_tell_what_went_wrong_when_the_ins_dies(tmp_path):
             time.sleep(0.2)
         assert mwctl_json(run_dir, "status")["mwcommsd"]["link"] == 1
     finally:
-        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
+        _down(run_dir)
