@@ -62,8 +62,8 @@ def load_state(run_dir: str) -> dict:
     """The record of a backbone that is up, or CliError(EXIT_NOT_UP)."""
     state = _read_state(run_dir)
     if state is None:
-        raise CliError(f"the backbone is not up (no {_state_path(run_dir)}): run `mwcomms up` first",
-                       EXIT_NOT_UP)
+        raise CliError(f"the backbone is not up (no {_state_path(run_dir)}): "
+                       f"run `mwcomms up` first", EXIT_NOT_UP)
     dead = _dead(state)
     if dead:
         fix = ("run `mwcomms up` to restart " + (" and ".join(dead)) if _restartable(state, dead)
@@ -136,7 +136,8 @@ def _wait_connected(xs_socket: str, procs: dict, timeout: float) -> None:
         end = time.monotonic() + timeout
         paths = (xenbus.front_path(FRONT), xenbus.back_path(INS, FRONT))
         while time.monotonic() < end:
-            states = [xenbus.XenbusState.parse(xenbus.read_opt(client, f"{p}/state")) for p in paths]
+            states = [xenbus.XenbusState.parse(xenbus.read_opt(client, f"{p}/state"))
+                      for p in paths]
             if all(s is xenbus.XenbusState.CONNECTED for s in states):
                 return
             for name, proc in procs.items():

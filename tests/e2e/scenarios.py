@@ -348,10 +348,12 @@ def resolve():
     rec("getaddrinfo-localhost-v4", sorted(
         (f, t, a[0]) for f, t, _, _, a in socket.getaddrinfo("localhost", 80, socket.AF_INET,
                                                              socket.SOCK_STREAM)))
-    rec("getaddrinfo-numeric", socket.getaddrinfo("127.0.0.1", "http", type=socket.SOCK_STREAM)[0][4])
+    rec("getaddrinfo-numeric",
+        socket.getaddrinfo("127.0.0.1", "http", type=socket.SOCK_STREAM)[0][4])
     call("getaddrinfo-bad", lambda: socket.getaddrinfo("no-such-host.invalid", 80))
     rec("gethostbyname", socket.gethostbyname("localhost"))
-    rec("getnameinfo", socket.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV))
+    rec("getnameinfo",
+        socket.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV))
 
 
 # ------------------------------------------------------------------------------------------
@@ -409,11 +411,11 @@ def _mmsgs(payloads=None, nbufs=0, bufsize=0, dest=None):
         keep.append(iov)
         h = vec[i].msg_hdr
         h.msg_iov, h.msg_iovlen = iov, len(parts)
-        name = ctypes.create_string_buffer(dest if dest else bytes(16), 16)
-        keep.append(name)
-        h.msg_name, h.msg_namelen = ctypes.cast(name, ctypes.c_void_p), 16 if (dest or
-                                                                                payloads is None) else 0
-        if payloads is not None and dest is None:
+        if payloads is None or dest is not None:    # room for the source, or the destination
+            name = ctypes.create_string_buffer(dest or bytes(16), 16)
+            keep.append(name)
+            h.msg_name, h.msg_namelen = ctypes.cast(name, ctypes.c_void_p), 16
+        else:                                       # a connected socket's send: no name
             h.msg_name, h.msg_namelen = None, 0
     return vec, keep
 
@@ -976,11 +978,11 @@ def readiness():
         x.close()
 
 
-SCENARIOS = {f.__name__: f for f in (tcp_basic, tcp_ipv6, errors, unconnected, nonblocking_connect, accept4_flags,
-                                      msg_flags, udp, udp_refused, big_transfer, dup_close, fork_child,
-                                      exec_child, resolve, mmsg, ioctls, resolve_flags, fd_calls,
-                                      accept_timeout, eintr, sockopts, rw_calls,
-                                      write_after_peer_close, odd_calls, readiness)}
+SCENARIOS = {f.__name__: f for f in (
+    tcp_basic, tcp_ipv6, errors, unconnected, nonblocking_connect, accept4_flags, msg_flags,
+    udp, udp_refused, big_transfer, dup_close, fork_child, exec_child, resolve, mmsg, ioctls,
+    resolve_flags, fd_calls, accept_timeout, eintr, sockopts, rw_calls, write_after_peer_close,
+    odd_calls, readiness)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]]()

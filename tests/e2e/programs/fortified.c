@@ -2,8 +2,8 @@
  * Data calls as a program built with -O2 -D_FORTIFY_SOURCE=2 makes them: read(), recv() and
  * recvfrom() into buffers of known size become __read_chk, __recv_chk, __recvfrom_chk, which
  * the shim interposes too (the lengths come from a volatile, so the compiler cannot prove
- * them safe and keeps the checked forms). Prints one line per observation; run natively and through the
- * backbone, the outputs must be the same (tests/e2e/test_c_programs.py).
+ * them safe and keeps the checked forms). Prints one line per observation; run natively and
+ * through the backbone, the outputs must be the same (tests/e2e/test_c_programs.py).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

@@ -12,7 +12,6 @@ waits. Run natively and through the backbone, against a server in the INS's name
 Each probe prints one line per observation.
 """
 import ctypes
-import os
 import signal
 import errno
 import select

@@ -106,6 +106,8 @@ def hello(port):
 
 
 if __name__ == "__main__":
-    {"serve": serve, "download": lambda: download(int(sys.argv[2])),
-     "upload": lambda: upload(int(sys.argv[2])), "accept": accept, "hello": lambda: hello(int(sys.argv[2]))}[
-        sys.argv[1]]()
+    modes = {"serve": serve, "accept": accept,
+             "download": lambda: download(int(sys.argv[2])),
+             "upload": lambda: upload(int(sys.argv[2])),
+             "hello": lambda: hello(int(sys.argv[2]))}
+    modes[sys.argv[1]]()
