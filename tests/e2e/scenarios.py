@@ -978,11 +978,55 @@ def readiness():
         x.close()
 
 
+def server_idioms():
+    """What servers do: a dual-stack IPv6 listener reached over IPv4, SO_REUSEPORT listeners
+    sharing a port, sendfile() from a file (nginx's way), binding the wildcard address."""
+    import tempfile
+    srv = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+    c = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+    a, peer = srv.accept()
+    rec("dualstack-peer", peer[0])
+    for x in (c, a, srv):
+        x.close()
+    r1 = socket.socket()
+    r1.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    r1.bind(("127.0.0.1", 0))
+    r1.listen(4)
+    r2 = socket.socket()
+    r2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    call("reuseport-second-bind", r2.bind, r1.getsockname())
+    call("reuseport-second-listen", r2.listen, 4)
+    r3 = socket.socket()
+    call("no-reuseport-bind", r3.bind, r1.getsockname())
+    for x in (r1, r2, r3):
+        x.close()
+    srv, c, a, _ = pair()
+    with tempfile.TemporaryFile() as f:
+        f.write(hashlib.sha256(b"file").digest() * 10000)
+        f.flush()
+        f.seek(0)
+        rec("sendfile", c.sendfile(f))
+    c.close()
+    h = hashlib.sha256()
+    while True:
+        d = a.recv(65536)
+        if not d:
+            break
+        h.update(d)
+    rec("sendfile-received", h.hexdigest()[:16])
+    a.close()
+    srv.close()
+    t = socket.socket()
+    t.bind(("0.0.0.0", 0))
+    rec("wildcard-bound", t.getsockname()[0])
+    t.close()
+
+
 SCENARIOS = {f.__name__: f for f in (
     tcp_basic, tcp_ipv6, errors, unconnected, nonblocking_connect, accept4_flags, msg_flags,
     udp, udp_refused, big_transfer, dup_close, fork_child, exec_child, resolve, mmsg, ioctls,
     resolve_flags, fd_calls, accept_timeout, eintr, sockopts, rw_calls, write_after_peer_close,
-    odd_calls, readiness)}
+    odd_calls, readiness, server_idioms)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]]()

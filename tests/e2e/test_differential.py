@@ -20,7 +20,7 @@ NAMES = ["tcp_basic", "tcp_ipv6", "errors", "nonblocking_connect", "accept4_flag
          "udp", "big_transfer", "dup_close", "fork_child", "exec_child", "resolve",
          "unconnected", "udp_refused", "mmsg", "ioctls", "resolve_flags", "fd_calls",
          "accept_timeout", "eintr", "sockopts", "rw_calls", "odd_calls",
-         "readiness",
+         "readiness", "server_idioms",
          "write_after_peer_close"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
