@@ -4,10 +4,11 @@
 
 The kernel is Debian's (bookworm), as a stripped gzip'd ELF that libxenguest loads quickly.
 The initramfs (a plain cpio: see build()) holds only what the INS needs: busybox (the init
-script, `ip`, `udhcpc`), the evtchn / gntalloc / gntdev / netfront modules, Debian's Python 3.11 with the part of its
-stdlib the INS daemon imports (found by importing it, not by a list), the INS's part of the
-installed mwcomms package (`mwcomms.ins`, `mwcomms.xen`, `_native`) with pyxs and
-_cffi_backend, the libraries all of that links against, and /etc/hosts, nsswitch.conf.
+script, `ip`, `udhcpc`), the evtchn / gntalloc / gntdev / netfront modules, Debian's Python
+3.11 with the part of its stdlib the INS daemon imports (found by importing it, not by a
+list), the INS's part of the installed mwcomms package (`mwcomms.ins`, `mwcomms.xen`,
+`_native`) with pyxs and _cffi_backend, the libraries all of that links against, and
+/etc/hosts, nsswitch.conf.
 Packages come from `apt-get download` (tools/_debimage.py); nothing is installed.
 
 In the domain, /init loads the modules, brings up `lo` (and eth0 with DHCP when the domain

@@ -751,8 +751,28 @@ def step_mwcommsd(ctx):
     with open("/sys/module/xen_gntalloc/parameters/limit") as f:
         limit = f.read().strip()
     area = xs_read(bb.FRONT + "/area-pages")
+    status = wait_for("`mwctl status` showing the device Connected and mwcommsd's link attached",
+                      mwctl_status_ok, 30, interval=1)
     return "Connected %.1f s after mwcommsd started; area %s pages (gntalloc limit now %s); " \
-           "perms frontend %s, backend %s" % (t, area, limit, fperm, bperm)
+           "perms frontend %s, backend %s; mwctl status: %s" % (t, area, limit, fperm, bperm, status)
+
+
+def mwctl_status_ok():
+    """`mwctl status --json` (dom0: XenStore and mwcommsd's control socket) says the device
+    is Connected on both sides and mwcommsd's INS link is attached; @return a summary or None"""
+    import json
+    rc, out = mwctl("status", "--json")
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        log("mwctl status| " + out.strip()[-300:])
+        return None
+    devs = [d for d in doc.get("xenstore") or []
+            if str(d.get("front_state")).lower() == "connected" == str(d.get("back_state")).lower()]
+    link = (doc.get("mwcommsd") or {}).get("link")
+    if rc != 0 or not devs or link != 1:
+        return None
+    return "device %s Connected both sides, mwcommsd link attached" % devs[0].get("devid")
 
 
 def step_e2e_http(ctx):
