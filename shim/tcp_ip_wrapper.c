@@ -1081,9 +1081,9 @@ static ssize_t mw_eof_or_error(int fd)
      * only. A failed connection (shutdown of both ways), a dead mwcommsd (P closed) or the
      * application's own SHUT_WR leave X shut both ways, which poll() reports as POLLHUP:
      * only then is mwcommsd asked (a round trip saved on every clean close). */
-    ret = poll(&p, 1, 0);      /* no events asked: 0 when none of those three is up */
+    ret = poll(&p, 1, 0);      /* no events asked: 1 only for POLLHUP, POLLERR, POLLNVAL */
     errno = saved;
-    if (ret == 0 || (ret == 1 && !(p.revents & (POLLHUP | POLLERR | POLLNVAL))))
+    if (ret == 0)
         return 0;
     if (mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return 0;
@@ -1301,6 +1301,27 @@ static int mw_fill(int fd, uint32_t *filler, uint32_t *sndbuf)
     }
 }
 
+/* A deadline sec + nsec from now, on the monotonic clock. */
+static void mw_deadline(struct timespec *end, time_t sec, long nsec)
+{
+    clock_gettime(CLOCK_MONOTONIC, end);
+    end->tv_sec += sec + nsec / 1000000000L;
+    end->tv_nsec += nsec % 1000000000L;
+    if (end->tv_nsec >= 1000000000L) {
+        end->tv_sec++;
+        end->tv_nsec -= 1000000000L;
+    }
+}
+
+/* Nanoseconds until the deadline (<= 0: passed). */
+static long long mw_ns_left(const struct timespec *end)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)(end->tv_sec - now.tv_sec) * 1000000000LL + (end->tv_nsec - now.tv_nsec);
+}
+
 /*
  * Would the kernel restart a blocking connect() that a signal interrupted? It does when the
  * handler has SA_RESTART and the socket has no SO_SNDTIMEO; the shim waits in poll(), which
@@ -1389,13 +1410,7 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
             tv = (struct timeval){ 0, 0 };
         errno = saved;
         timed = tv.tv_sec != 0 || tv.tv_usec != 0;
-        clock_gettime(CLOCK_MONOTONIC, &end);
-        end.tv_sec += tv.tv_sec;
-        end.tv_nsec += tv.tv_usec * 1000L;
-        if (end.tv_nsec >= 1000000000L) {
-            end.tv_sec++;
-            end.tv_nsec -= 1000000000L;
-        }
+        mw_deadline(&end, tv.tv_sec, tv.tv_usec * 1000L);
     }
     for (;;) {
         struct pollfd p = { .fd = fd, .events = POLLOUT };
@@ -1403,15 +1418,11 @@ static int mw_connect_mw(int fd, struct mw_fd *e, const struct sockaddr *sa, soc
         int wait = -1;
 
         if (timed) {
-            struct timespec now;
-            long long ms;
+            long long ns = mw_ns_left(&end);
 
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            ms = (long long)(end.tv_sec - now.tv_sec) * 1000 +
-                 (end.tv_nsec - now.tv_nsec + 999999) / 1000000;
-            if (ms <= 0)
+            if (ns <= 0)
                 return mw_fail(-EINPROGRESS);
-            wait = ms > INT_MAX ? INT_MAX : (int)ms;
+            wait = ns / 1000000 >= INT_MAX ? INT_MAX : (int)((ns + 999999) / 1000000);
         }
         ret = poll(&p, 1, wait);
         if (ret < 0 && errno == EINTR && !timed && mw_signals_restart())
@@ -2410,20 +2421,15 @@ static int mw_recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags, str
     struct mw_fd e;
     unsigned int i;
 
-    struct timespec end, now;
+    struct timespec end;
+    long long left;
 
     if (mw_fd_passthrough(fd) || mw_fd_lookup(fd, &e, true) != MW_FD_MW)
         return libc_recvmmsg(fd, v, n, flags, t);
     if (t != NULL) {
         if (t->tv_sec < 0 || t->tv_nsec < 0 || t->tv_nsec >= 1000000000L)
             return mw_fail(-EINVAL);
-        clock_gettime(CLOCK_MONOTONIC, &end);
-        end.tv_sec += t->tv_sec;
-        end.tv_nsec += t->tv_nsec;
-        if (end.tv_nsec >= 1000000000L) {
-            end.tv_sec++;
-            end.tv_nsec -= 1000000000L;
-        }
+        mw_deadline(&end, t->tv_sec, t->tv_nsec);
     }
     /* the timeout is checked after each datagram, as the kernel does (recvmmsg(2), BUGS),
      * and what is left of it written back */
@@ -2438,28 +2444,16 @@ static int mw_recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags, str
         v[i].msg_len = r;
         if (flags & MSG_WAITFORONE)
             flags |= MSG_DONTWAIT;
-        if (t != NULL) {
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec > end.tv_sec ||
-                (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec)) {
-                i++;
-                break;
-            }
+        if (t != NULL && mw_ns_left(&end) <= 0) {
+            i++;
+            break;
         }
     }
     if (t != NULL) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec > end.tv_sec ||
-            (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec)) {
-            t->tv_sec = t->tv_nsec = 0;
-        } else {
-            t->tv_sec = end.tv_sec - now.tv_sec;
-            t->tv_nsec = end.tv_nsec - now.tv_nsec;
-            if (t->tv_nsec < 0) {
-                t->tv_sec--;
-                t->tv_nsec += 1000000000L;
-            }
-        }
+        left = mw_ns_left(&end);
+        left = left > 0 ? left : 0;
+        t->tv_sec = left / 1000000000LL;
+        t->tv_nsec = left % 1000000000LL;
     }
     return i;
 }
