@@ -1661,8 +1661,6 @@ int ins_engine_create(const struct ins_config *cfg, struct ins_engine **out)
         e->cfg.log_fd = -1;
     if (!e->cfg.dns_workers)
         e->cfg.dns_workers = DEFAULT_DNS_WORKERS;
-    if (!e->cfg.max_buf_bytes)
-        e->cfg.max_buf_bytes = DEFAULT_MAX_BUF;
     e->kind_wake = INS_K_WAKE;
     e->kind_dns = INS_K_DNS;
     e->next_handle = 1;
@@ -1782,7 +1780,15 @@ int ins_engine_attach(struct ins_engine *e, uint32_t front_id, void *base, size_
     }
     fe->max_socks = e->cfg.max_socks && e->cfg.max_socks < fe->area.nsocks ?
                     e->cfg.max_socks : fe->area.nsocks;
+    /* By default a frontend may leave as many unsent bytes at close as its tx rings can hold
+     * at once (its data area, at least DEFAULT_MAX_BUF): a frontend that closes everything
+     * loses nothing, and the INS holds no more than the area it agreed to map. */
     fe->max_buf = e->cfg.max_buf_bytes;
+    if (!fe->max_buf) {
+        fe->max_buf = (uint64_t)geom->data_pages * MW_PAGE_SIZE;
+        if (fe->max_buf < DEFAULT_MAX_BUF)
+            fe->max_buf = DEFAULT_MAX_BUF;
+    }
     fe->dns_wait_tail = &fe->dns_wait;
     fe->st.front_id = front_id;
 

@@ -43,7 +43,8 @@ struct ins_config {
     uint32_t max_socks;        /* sockets per frontend (0: the frontend's sock-slots) */
     uint64_t max_buf_bytes;    /* memory the INS holds for one frontend (unsent bytes of closed
                                 * sockets; kernel socket buffers are not counted): an ACCEPT
-                                * waits while its tx ring would not fit (0: 64 MiB) */
+                                * waits while its tx ring would not fit (0: the frontend's
+                                * data area, at least 64 MiB) */
 };
 
 struct ins_front_stats {
