@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -177,11 +178,13 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Percentile @p (0..100) of the sorted @v[@n]. */
+/* Percentile @p (0..100) of the sorted @v[@n]; 0 without samples. */
 static double pct(const double *v, long n, double p)
 {
 	long i = (long)(p / 100.0 * n);
 
+	if (n <= 0)
+		return 0;
 	return v[i < n ? i : n - 1];
 }
 
@@ -198,7 +201,7 @@ static void print_latency(const char *mode, const struct opts *o, double *lat, l
 	       "\"p50_us\": %.3f, \"p90_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f, "
 	       "\"min_us\": %.3f, \"max_us\": %.3f, \"per_s\": %.1f}\n",
 	       mode, o->size, n, lost, pct(lat, n, 50), pct(lat, n, 90), pct(lat, n, 99),
-	       n ? sum / n : 0, n ? lat[0] : 0, n ? lat[n - 1] : 0, n / elapsed);
+	       n ? sum / n : 0, n ? lat[0] : 0, n ? lat[n - 1] : 0, elapsed > 0 ? n / elapsed : 0);
 }
 
 static void rr_server(int lfd, void *arg)
@@ -254,6 +257,8 @@ static int mode_rr(const struct opts *o)
 	print_latency("rr", o, lat, o->count, 0, now() - start);
 	close(fd);
 	reap(srv);
+	free(buf);
+	free(lat);
 	return 0;
 }
 
@@ -315,6 +320,8 @@ static int mode_udp(const struct opts *o)
 	print_latency("udp", o, lat, n, lost, now() - start);
 	close(fd);
 	reap(srv);
+	free(buf);
+	free(lat);
 	return 0;
 }
 
@@ -588,17 +595,21 @@ static int mode_accept(const struct opts *o)
 
 	nofile_at_least(o->conns + 256);
 	p[0].fd = bound_socket(SOCK_STREAM, &addr);
+	fcntl(p[0].fd, F_SETFL, O_NONBLOCK);
 	printf("{\"phase\": \"listening\", \"port\": %d, \"pids\": [%d]}\n",
 	       ntohs(addr.sin_port), (int)getpid());
 	fflush(stdout);
 	for (;;) {
 		if (poll(p, 2, -1) < 0)
 			continue;
-		if (p[0].revents & POLLIN) {
+		/* every connection waiting, so none is left behind when stdin ends */
+		while ((p[0].revents & POLLIN) && p[0].fd >= 0) {
 			if (accept(p[0].fd, NULL, NULL) >= 0)
 				accepted++;
 			else if (errno == EMFILE || errno == ENFILE)
 				p[0].fd = -1;	/* full: hold what we have */
+			else
+				break;		/* EAGAIN: none left */
 		}
 		if (p[1].revents & (POLLIN | POLLHUP)) {
 			if (read(0, buf, sizeof(buf)) <= 0)
