@@ -471,6 +471,20 @@ def machine() -> dict:
             "memory_bytes": mem, "python": _platform.python_version()}
 
 
+def source_revision() -> str | None:
+    """The git commit of the tree the bench runs from (+ "-dirty" with local changes), if any."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 class LoadSampler:
     """The 1-minute load average, sampled every second while the bench runs."""
 
@@ -691,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {case.name}: {time.monotonic() - t0:.1f} s, {status}", flush=True)
     result = {"machine": machine(), "load_average": load.summary(), "started": started,
               "start_overhead": {s.name: s.overhead for s in sides}, "reference": reference,
+              "revision": source_revision(),
               "seconds": time.time() - started, "mode": "smoke" if args.smoke else
               "quick" if args.quick else "full", "backend": "sim", "repeats": p.repeats,
               "params": p.__dict__, "cases": rows}

@@ -54,7 +54,8 @@ def table(result: dict) -> str:
     m, load = result["machine"], result["load_average"]
     head = (f"machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}; load average "
             f"during the run {load['min']:.2f}..{load['max']:.2f} (median {load['median']:.2f}); "
-            f"{result['repeats']} repeats per side, {result['mode']} mode, {result['backend']} backend")
+            f"{result['repeats']} repeats per side, {result['mode']} mode, {result['backend']} backend"
+            + (f", tree {result['revision']}" if result.get("revision") else ""))
     cols = ("case", "unit", "native", "forwarded", "fwd/nat", "target")
     lines = []
     for r in result["cases"]:
