@@ -631,15 +631,27 @@ class Backbone:
                              text=True)
         self.procs.append(p)
         if ready:
+            # lines before `ready` (the shim's notices, say) are logged; EOF is "" (exited)
             q = queue.Queue()
-            threading.Thread(target=lambda: q.put(p.stdout.readline()), daemon=True).start()
-            try:
-                line = q.get(timeout=timeout)
-            except queue.Empty:
-                raise Fail("%s: no %r within %d s" % (" ".join(cmd), ready, timeout)) from None
-            if ready not in line:
-                rest = line + (p.stdout.read() if p.poll() is not None else "")
-                raise Fail("%s: %s" % (" ".join(cmd), rest.strip()[-300:]))
+
+            def first_lines():
+                for line in iter(p.stdout.readline, ""):
+                    q.put(line)
+                    if ready in line:
+                        return
+                q.put("")
+            threading.Thread(target=first_lines, daemon=True).start()
+            end = time.monotonic() + timeout
+            while True:
+                try:
+                    line = q.get(timeout=max(0.1, end - time.monotonic()))
+                except queue.Empty:
+                    raise Fail("%s: no %r within %d s" % (" ".join(cmd), ready, timeout)) from None
+                if ready in line:
+                    break
+                if not line:
+                    raise Fail("%s exited (rc=%s) before %r" % (" ".join(cmd), p.wait(), ready))
+                log("%s| %s" % (os.path.basename(cmd[1]) if len(cmd) > 1 else cmd[0], line.rstrip()))
         return p
 
     def servers(self):
