@@ -214,6 +214,10 @@ def build(root: str, site: str, out_dir: str, *, install_dir: str | None = None,
     """
     if not os.path.isdir(os.path.join(site, "mwcomms")):
         raise SetupError("mwcomms is not installed in %s: run `make` first" % site)
+    if not any(n.startswith("_cffi_backend.cpython-311") for n in os.listdir(site)):
+        raise SetupError("%s is not a Python 3.11 installation: the image runs Debian "
+                         "bookworm's Python 3.11, whose extensions must be built for it "
+                         "(make with PYTHON=python3.11)" % site)
     kver = deb.kernel_version(root)
     os.makedirs(out_dir, exist_ok=True)
     img = Cpio()
