@@ -1,14 +1,18 @@
-"""mwcommsd with a small data area: sockets get smaller rings instead of none, a socket is
-refused with ENOBUFS (and a log line) only when not even 4 KiB rings fit, and rings come back
-when sockets close. mwcommsd and the INS run as processes on sim, as in test_mwcommsd.py,
-whose helpers (World, Local, _pump, _wait) this reuses."""
+"""Running out, gracefully: mwcommsd with a small data area gives sockets smaller rings instead
+of none, refuses one with ENOBUFS (and a log line) only when not even 4 KiB rings fit, and
+rings come back when sockets close; mwcommsd or the INS out of file descriptors answers ENFILE
+(and a log line) and recovers when sockets close. mwcommsd and the INS run as processes on
+sim, as in test_mwcommsd.py, whose helpers (World, Local, _pump, _wait) this reuses."""
 import errno
 import hashlib
 import importlib.util
 import os
 import pathlib
+import resource
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -22,26 +26,46 @@ _spec.loader.exec_module(h)
 DATA_PAGES, SOCK_SLOTS = 64, 64     # a 256 KiB data area: two sockets' worth of 64 KiB rings
 
 
-class SmallWorld(h.World):
+NOFILE = 64                         # a file descriptor limit a daemon reaches soon
+
+
+class LimitedWorld(h.World):
+    """mwcommsd with extra arguments; either daemon with a hard RLIMIT_NOFILE of its own."""
+
+    mwd_args: list = []
+    nofile: dict = {}
+
+    def _spawn(self, args, log):
+        limit = self.nofile.get(args[0])
+        if limit is None:
+            return super()._spawn(args, log)
+
+        def lower():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        with open(log + ".err", "ab") as err:
+            return subprocess.Popen([sys.executable, "-m", *args, "--log", log], env=env,
+                                    cwd="/", stdout=err, stderr=subprocess.STDOUT,
+                                    preexec_fn=lower)
+
     def start_mwcommsd(self):
         self.mwd = self._spawn(["mwcomms.daemon", "--backend", "sim", "--sim-dir", self.simdir,
                                 "--domid", str(h.FRONT), "--ins-domid", str(h.INS),
                                 "--xenstore", self.xs.domain_socket(h.FRONT),
-                                "--socket", self.control, "--data-pages", str(DATA_PAGES),
-                                "--sock-slots", str(SOCK_SLOTS)],
+                                "--socket", self.control, *self.mwd_args],
                                str(self.tmp / "mwcommsd.log"))
         h._wait(lambda: os.path.exists(self.control), what="control socket")
 
 
-@pytest.fixture
-def small(tmp_path):
+def _world(tmp_path, mwd_args=(), nofile=None):
     if not h._have_ins():
         pytest.skip("the INS daemon (mwcomms.ins.daemon) is not installed")
     with xenstored.running() as xs:
         tool = xenbus.connect_xenstore(xs.socket_path)
         for dom in (h.FRONT, h.INS):
             xenbus.introduce(tool, dom)
-        w = SmallWorld(xs, tool, tmp_path)
+        w = LimitedWorld(xs, tool, tmp_path)
+        w.mwd_args, w.nofile = list(mwd_args), dict(nofile or {})
         try:
             w.start_ins()
             w.start_mwcommsd()
@@ -54,6 +78,17 @@ def small(tmp_path):
                     p.wait()
             tool.close()
             shutil.rmtree(w.sockdir, ignore_errors=True)
+
+
+@pytest.fixture
+def small(tmp_path):
+    yield from _world(tmp_path, ["--data-pages", str(DATA_PAGES), "--sock-slots",
+                                 str(SOCK_SLOTS)])
+
+
+@pytest.fixture(params=["mwcomms.daemon", "mwcomms.ins.daemon"])
+def few_fds(request, tmp_path):
+    yield from _world(tmp_path, nofile={request.param: NOFILE})
 
 
 def test_small_area_degrades_then_refuses_with_enobufs(small):
@@ -97,4 +132,39 @@ def test_small_area_degrades_then_refuses_with_enobufs(small):
         fd.close()
     peer.close()
     lst.close()
+    c.close()
+
+
+def test_out_of_fds_answers_enfile_and_recovers(few_fds):
+    """Each forwarded socket holds an fd in mwcommsd (P) and one in the INS (its kernel
+    socket): whichever daemon runs out, the application gets ENFILE (a system-wide limit for
+    it, not its own table) and the daemon logs why; sockets work again once some close."""
+    c = h.Local(few_fds.control)
+    socks = []
+    while True:
+        try:
+            socks.append(c.socket())
+        except OSError as exc:
+            assert exc.errno == errno.ENFILE, exc
+            break
+        assert len(socks) <= NOFILE, "never refused"
+    assert socks, "not even one socket"
+    print(f"\n{len(socks)} sockets, then ENFILE")
+    log = "".join((few_fds.tmp / name).read_text()
+                  for name in ("mwcommsd.log.err", "ins.log", "ins.log.err")
+                  if (few_fds.tmp / name).exists())
+    assert "out of file descriptors" in log, log[-3000:]
+    for _, fd in socks[:3]:
+        fd.close()
+
+    def another():
+        try:
+            socks.append(c.socket())
+            return True
+        except OSError as exc:
+            assert exc.errno == errno.ENFILE
+            return False
+    h._wait(another, 10, "a socket once others closed")
+    for _, fd in socks[3:]:
+        fd.close()
     c.close()
