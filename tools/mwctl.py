@@ -692,20 +692,33 @@ def _print_counts(title: str, counts: dict, prev: dict | None) -> None:
     print(f"  {title}: " + ", ".join(parts))
 
 
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def _print_stats(doc: dict, prev: dict | None) -> None:
     m = doc["mwcommsd"]
     pm = (prev or {}).get("mwcommsd") or {}
 
-    def d(key):
+    def d(key, rate=False):
         if prev is None or key not in pm:
             return ""
-        return f" (+{m[key] - pm[key]})" if m[key] != pm[key] else ""
+        if m[key] == pm[key]:
+            return ""
+        delta = m[key] - pm[key]
+        span = doc["time"] - prev["time"]
+        per_s = f", {_bytes(delta / span)}/s" if rate and span > 0 else ""
+        return f" (+{delta}{per_s})"
 
     stamp = time.strftime("%H:%M:%S", time.localtime(doc["time"]))
     if m:
         print(f"{stamp} mwcommsd: calls {m.get('calls', 0)}{d('calls')}, errors "
               f"{m.get('call_errors', 0)}{d('call_errors')}; bytes out {m.get('bytes_tx', 0)}"
-              f"{d('bytes_tx')}, in {m.get('bytes_rx', 0)}{d('bytes_rx')}; INS requests "
+              f"{d('bytes_tx', True)}, in {m.get('bytes_rx', 0)}{d('bytes_rx', True)}; INS requests "
               f"{m.get('ins_requests', 0)}{d('ins_requests')}; protocol errors "
               f"{m.get('violations', 0)}; reconnects {m.get('reconnects', 0)}; dropped clients "
               f"{m.get('clients_dropped', 0)}, datagrams {m.get('dgrams_dropped', 0)}")
