@@ -62,17 +62,24 @@ def _need_room(backbone):
                     f"xen/area.py's default has 32768)")
 
 
+@pytest.fixture(scope="module")
+def fresh(backbone) -> dict:
+    """The daemons' memory before this module opened any connection (their allocators keep
+    some of what earlier connections used: later baselines would read low)."""
+    return {name: _memory(pid) for name, pid in _daemons(backbone).items()}
+
+
 def _daemons(backbone) -> dict:
     pids = backbone.state["pids"]
     return {"mwcommsd": pids["mwcommsd"], "ins": pids["ins"]}
 
 
-def test_idle_connections_memory(backbone, scale_conn, programs):
+def test_idle_connections_memory(backbone, fresh, scale_conn, programs):
     """1,000 connections open at both ends, nothing moved yet: what each costs the daemons.
     Runs first, on fresh daemons (a run that moved data leaves ring pages touched)."""
     _need_room(backbone)
     daemons = _daemons(backbone)
-    before = {name: _memory(pid) for name, pid in daemons.items()}
+    before = fresh
     prog = programs(backbone.argv([scale_conn, str(CONNS), "4096", "100", "hold"]), "idle")
     server = int(prog.line("HOLD", timeout=60).split()[1])
     time.sleep(1.0)          # let both loops settle (answers, pre-posted ACCEPTs)
@@ -94,12 +101,12 @@ def _per_conn(before: dict, now: dict, key: str) -> float:
     return (now[key] - before[key]) / CONNS
 
 
-def test_thousand_connections_one_mib_each_way(backbone, scale_conn, programs):
+def test_thousand_connections_one_mib_each_way(backbone, fresh, scale_conn, programs):
     """Nothing lost: 1,000 connections at once, 1 MiB each way, every byte checked. Then, all
     still open and idle, what they cost the daemons once their rings gave their pages back."""
     _need_room(backbone)
     daemons = _daemons(backbone)
-    before = {name: _memory(pid) for name, pid in daemons.items()}
+    before = fresh
     t0 = time.monotonic()
     prog = programs(backbone.argv([scale_conn, str(CONNS), str(MIB), "110", "idle"]), "scale")
     try:
