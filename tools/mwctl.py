@@ -450,13 +450,18 @@ def _devices(client) -> list[dict]:
                 continue
             for devid in devids:
                 fp = f"{root}/{devid}"
-                fkeys = xenbus.read_dir(client, fp)
+                try:
+                    fkeys = xenbus.read_dir(client, fp)
+                except (OSError, pyxs.PyXSError):
+                    continue
                 bp = fkeys.get("backend")
                 try:
                     bkeys = xenbus.read_dir(client, bp) if bp else {}
-                except OSError:
+                except (OSError, pyxs.PyXSError):
                     bkeys = {}
-                out.append({"frontend": dom, "ins": int(fkeys.get("backend-id", "-1")),
+                # keys a domain writes itself: never trusted to be numbers
+                ins = fkeys.get("backend-id", "")
+                out.append({"frontend": dom, "ins": int(ins) if ins.isdigit() else ins,
                             "devid": int(devid) if devid.isdigit() else devid,
                             "front_path": fp, "back_path": bp,
                             "front_state": XenbusState.parse(fkeys.get("state")).name,
@@ -469,15 +474,22 @@ def _devices(client) -> list[dict]:
             except pyxs.PyXSError:
                 continue
             for front in fronts:
-                for devid in [n.decode() for n in client.list(f"{root}/{front}".encode()) if n]:
+                try:
+                    devids = [n.decode() for n in client.list(f"{root}/{front}".encode()) if n]
+                except pyxs.PyXSError:
+                    continue
+                for devid in devids:
                     bp = f"{root}/{front}/{devid}"
                     if any(d["back_path"] == bp for d in out):
                         continue
-                    bkeys = xenbus.read_dir(client, bp)
+                    try:
+                        bkeys = xenbus.read_dir(client, bp)
+                    except (OSError, pyxs.PyXSError):
+                        continue
                     fp = bkeys.get("frontend")
                     try:
                         fkeys = xenbus.read_dir(client, fp) if fp else {}
-                    except OSError:
+                    except (OSError, pyxs.PyXSError):
                         fkeys = {}
                     out.append({"frontend": int(front) if front.isdigit() else front,
                                 "ins": dom, "devid": int(devid) if devid.isdigit() else devid,
@@ -1189,6 +1201,10 @@ def main(argv: list[str] | None = None) -> int:
     except MwctlError as exc:
         print(f"mwctl {args.cmd}: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:          # one not foreseen above: still one line and its code
+        err = _os_error(exc, args.cmd)
+        print(f"mwctl {err}", file=sys.stderr)
+        return err.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
