@@ -119,3 +119,27 @@ def test_attach_then_xenstore_shows_decoded_states(xs):
     dev, = json.loads(r.stdout)["xenstore"]
     assert (dev["frontend"], dev["ins"], dev["front_state"], dev["back_state"]) == \
         (FRONT, INS, "INITIALISING", "INITIALISING")
+
+
+def test_status_survives_what_a_domain_writes_in_its_own_keys(xs):
+    """The frontend owns its directory: garbage there is shown, never trusted."""
+    daemon, tool = xs
+    assert mwctl(daemon, "attach", "--frontend", str(FRONT), "--ins", str(INS)).returncode == 0
+    fp = xenbus.front_path(FRONT)
+    front = xenbus.connect_xenstore(daemon.domain_socket(FRONT))
+    try:
+        front.write(f"{fp}/backend-id".encode(), b"2; rm -rf /")
+        front.write(f"{fp}/state".encode(), b"99")
+        front.write(f"{fp}/backend".encode(), b"/local/domain/0/nowhere")
+    finally:
+        front.close()
+    r = mwctl(daemon, "--control", "/nonexistent/c.sock", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    # two views now: the frontend's (pointing nowhere) and the INS's own directory
+    devs = json.loads(r.stdout)["xenstore"]
+    dev, = [d for d in devs if d["front_path"] == fp and d["frontend"] == FRONT and
+            d["back_path"] == "/local/domain/0/nowhere"]
+    assert dev["ins"] == "2; rm -rf /" and dev["front_state"] == "UNKNOWN"
+    assert dev["back_keys"] == {}
+    r = mwctl(daemon, "--control", "/nonexistent/c.sock", "status")
+    assert r.returncode == 0 and "frontend dom5 Unknown" in r.stdout, r.stdout + r.stderr
