@@ -833,6 +833,9 @@ def _decode(rec: dict, payload: bytes) -> dict:
             out["text"] = (f"sock={rec['slot']} len={rec['len']}{trunc}"
                            + (f" addr={_addr_text(addr)}" if addr else "") + f' "{shown}"')
             out["msg"] = {"len": rec["len"], "addr": addr, "data": data.hex()}
+        else:                   # a newer mwcommsd's record kind
+            out["text"] = f"record kind {kind}: {body[:64].hex()}"
+            out["msg"] = {"raw": body.hex()}
     except ValueError as exc:   # codec.ProtocolError: what the INS would have refused
         out["text"] = f"undecodable ({exc}): {body[:128].hex()}"
         out["msg"] = {"error": str(exc), "raw": body[:128].hex()}
