@@ -515,6 +515,16 @@ def _status_doc(bb: Backbone) -> dict:
     try:
         with _control(bb) as ctl:
             info = ctl.info()
+            socks = ctl.sockets()
+        # the byte rings, summed over the sockets this caller may see
+        info["byte_rings"] = {
+            "sockets": len(socks),
+            "tx_bytes": sum(s["tx_used"] for s in socks),
+            "tx_size": sum(s["tx_size"] for s in socks),
+            "rx_bytes": sum(s["rx_used"] for s in socks),
+            "rx_size": sum(s["rx_size"] for s in socks),
+            "tx_full": sum(1 for s in socks if s["flags"] & 0x20),
+            "app_not_reading": sum(1 for s in socks if s["flags"] & 0x40)}
         info["uptime_s"] = (info["now_ns"] - info["started_ns"]) / 1e9
         info["attached_for_s"] = ((info["now_ns"] - info["attached_ns"]) / 1e9
                                   if info["link"] == 1 and info["attached_ns"] else None)
@@ -575,6 +585,10 @@ def cmd_status(args, bb: Backbone) -> int:
                   f"from INS {info['bq_used']}/{info['bq_len']}")
             print(f"  socket slots {info['slots_used']}/{info['sock_slots']}; data area "
                   f"{info['data_pages'] - info['data_free']}/{info['data_pages']} pages used")
+            br = info["byte_rings"]
+            print(f"  byte rings: {br['tx_bytes']} B to the INS (of {br['tx_size']}), "
+                  f"{br['rx_bytes']} B from it (of {br['rx_size']}); {br['tx_full']} full, "
+                  f"{br['app_not_reading']} waiting for their application")
         print(f"  event channel: {info['notifies']} notifications sent, {info['wakeups']} "
               f"received; {info['attaches']} attaches, {info['violations']} violations")
         print(f"  {info['clients']} clients, {info['sockets']} sockets "

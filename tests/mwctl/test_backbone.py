@@ -133,6 +133,11 @@ def test_status(backbone):
 def test_status_counts_event_channel_traffic(backbone, talker):
     m = mwctl_json(backbone, "status")["mwcommsd"]
     assert m["notifies"] > 0 and m["wakeups"] > 0
+    # the talker's sockets, as the byte rings' sum: all empty (the 777 unread bytes wait in
+    # the application's socket, not in a ring)
+    br = m["byte_rings"]
+    assert br["sockets"] >= 4 and br["tx_size"] > 0 and br["rx_size"] > 0
+    assert br["tx_bytes"] == 0 and br["tx_full"] == 0
 
 
 def test_sockets_show_what_the_program_opened(backbone, talker):
