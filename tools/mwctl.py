@@ -893,6 +893,7 @@ def cmd_trace(args, bb: Backbone) -> int:
     shown = dropped = 0
     deadline = time.monotonic() + args.duration if args.duration else None
     print_lines = args.print or not args.pcap
+    code = EXIT_OK
     ctl = _control(bb)
     try:
         if args.pcap == "-":              # to a pipe: `| tshark -X lua_script:... -i -`
@@ -945,7 +946,8 @@ def cmd_trace(args, bb: Backbone) -> int:
                         break
                     ctl.sock.settimeout(left)
             else:
-                print("mwctl trace: mwcommsd ended the trace", file=sys.stderr)
+                print("mwctl trace: mwcommsd ended the trace (it stopped)", file=sys.stderr)
+                code = EXIT_UNREACHABLE
         except TimeoutError:
             pass                 # --duration is over
     except KeyboardInterrupt:
@@ -957,7 +959,7 @@ def cmd_trace(args, bb: Backbone) -> int:
     print(f"mwctl trace: {shown} records" + (f" written to {args.pcap}" if args.pcap else "")
           + (f", {dropped} dropped by mwcommsd (tracer too slow)" if dropped else ""),
           file=sys.stderr)
-    return EXIT_OK
+    return code
 
 
 def cmd_dissector(args, bb: Backbone) -> int:

@@ -484,6 +484,7 @@ def test_status_and_stats_tell_what_went_wrong_when_the_ins_dies():
             assert time.monotonic() < deadline, "mwcommsd did not notice the INS died"
             time.sleep(0.2)
         assert m["link_text"] == "detached (INS gone)" and "INS" in m["why"], m
+        tracer = _start_trace(run_dir)      # still there when mwcommsd stops, below
         assert "INS link detached (INS gone)" in mwctl(run_dir, "status").stdout
         lost = mwctl_json(run_dir, "sockets", "--pid", str(t.did["pid"]), "--state", "closed")
         assert any("ins-lost" in s["flag_names"] and s["error_name"] == "ECONNRESET"
@@ -498,3 +499,6 @@ def test_status_and_stats_tell_what_went_wrong_when_the_ins_dies():
         assert mwctl_json(run_dir, "status")["mwcommsd"]["link"] == 1
     finally:
         _down(run_dir)
+    # mwcommsd stopped under the tracer: it says so and exits 3 (the backbone went away)
+    out, err = tracer.communicate(timeout=30)
+    assert tracer.returncode == 3 and "mwcommsd ended the trace" in err, err
