@@ -102,6 +102,19 @@ void fe_buddy_free(struct fe_buddy *b, uint32_t page, unsigned int order)
     push(b, page, order);
 }
 
+int fe_buddy_is_free(const struct fe_buddy *b, uint32_t page, unsigned int order)
+{
+    for (unsigned int o = order; o < FE_BUDDY_ORDERS; o++) {
+        uint32_t head = page & ~((1u << o) - 1);
+
+        if (head >= b->npages || head + (1u << o) > b->npages)
+            break;
+        if (b->free_order[head] == o + 1)
+            return 1;
+    }
+    return 0;
+}
+
 int fe_buddy_order_for(uint32_t bytes)
 {
     uint32_t pages = (bytes + 4095u) / 4096u;

@@ -29,6 +29,9 @@ void fe_buddy_fini(struct fe_buddy *b);
 int32_t fe_buddy_alloc(struct fe_buddy *b, unsigned int order);
 /** Give back a block from fe_buddy_alloc with the same order. */
 void fe_buddy_free(struct fe_buddy *b, uint32_t page, unsigned int order);
+/** @return 1 when every page of the block of 2^order pages at `page` is free (in one free
+ *          block, maybe merged into a larger one), else 0 */
+int fe_buddy_is_free(const struct fe_buddy *b, uint32_t page, unsigned int order);
 /** @return the order (in pages) that holds `bytes` (> 0), or -EINVAL when too large */
 int fe_buddy_order_for(uint32_t bytes);
 

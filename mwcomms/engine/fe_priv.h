@@ -179,6 +179,11 @@ struct mwfe {
     uint32_t port, features;
     int kick;                  /* notify the INS before sleeping */
     int trim_off;              /* idle rings cannot give their pages back here (Xen) */
+    struct fe_trim {           /* rings freed since the last sweep: trimmed if still free */
+        uint32_t page;
+        uint8_t order;
+    } *trim_q;
+    uint32_t ntrim_q;
     int64_t probe_at;          /* CLOCK_MONOTONIC ms of the next liveness kick (ins_probe) */
     struct fe_buddy buddy;
     struct fe_sock **by_slot;

@@ -41,6 +41,7 @@
 #define FE_GAI_OOL_ORDER 1         /* 8 KiB: the largest GETADDRINFO answer is 7176 bytes */
 #define FE_GNI_OOL_ORDER 0
 #define FE_PROBE_MS 1000           /* kick an idle INS this often: a dead one is noticed */
+#define FE_TRIM_Q 4096             /* freed rings remembered for the next sweep (rings_trim) */
 
 #define ST_ADD(e, f, n) __atomic_add_fetch(&(e)->st.f, (n), __ATOMIC_RELAXED)
 #define ST_SUB(e, f, n) __atomic_sub_fetch(&(e)->st.f, (n), __ATOMIC_RELAXED)
@@ -355,13 +356,25 @@ static void ring_trim(struct mwfe *e, uint32_t page, uint8_t order)
     }
 }
 
+/* A used ring being freed: its pages go back at the next sweep if it is still free then
+ * (rings_trim). Not at once: a busy daemon reuses freed rings within milliseconds, and
+ * removing pages costs a system call (~15 us on a disk-backed sim area) per ring. */
+static void ring_trim_later(struct mwfe *e, uint32_t page, uint8_t order)
+{
+    if (e->trim_off || e->ntrim_q == FE_TRIM_Q)
+        return;                  /* full: those pages stay until the ring is used again */
+    e->trim_q[e->ntrim_q].page = page;
+    e->trim_q[e->ntrim_q].order = order;
+    e->ntrim_q++;
+}
+
 /* Rings about to be freed (the INS no longer touches them): give back what they used. */
 static void rings_forget(struct mwfe *e, struct fe_sock *sk)
 {
     if (sk->tx_used)
-        ring_trim(e, sk->tx_page, sk->tx_order);
+        ring_trim_later(e, sk->tx_page, sk->tx_order);
     if (sk->rx_used)
-        ring_trim(e, sk->rx_page, sk->rx_order);
+        ring_trim_later(e, sk->rx_page, sk->rx_order);
     sk->tx_used = sk->rx_used = sk->tx_hot = 0;
 }
 
@@ -1576,9 +1589,12 @@ static void do_detach(struct mwfe *e, int by_violation)
     free(e->cmd);
     free(e->by_slot);
     free(e->free_slots);
+    free(e->trim_q);
     e->cmd = NULL;
     e->by_slot = NULL;
     e->free_slots = NULL;
+    e->trim_q = NULL;
+    e->ntrim_q = 0;
     e->ec = NULL;
     if (by_violation) {
         uint64_t one = 1;
@@ -1600,7 +1616,9 @@ static int do_attach(struct mwfe *e, const struct fe_ctl *r)
     e->cmd = calloc(1, sizeof(*e->cmd));
     e->by_slot = calloc(e->area.nsocks, sizeof(*e->by_slot));
     e->free_slots = calloc(e->area.nsocks, sizeof(*e->free_slots));
-    if (!e->cmd || !e->by_slot || !e->free_slots) {
+    e->trim_q = calloc(FE_TRIM_Q, sizeof(*e->trim_q));
+    e->ntrim_q = 0;
+    if (!e->cmd || !e->by_slot || !e->free_slots || !e->trim_q) {
         rc = -ENOMEM;
         goto out_free;
     }
@@ -1638,9 +1656,11 @@ out_free:
     free(e->cmd);
     free(e->by_slot);
     free(e->free_slots);
+    free(e->trim_q);
     e->cmd = NULL;
     e->by_slot = NULL;
     e->free_slots = NULL;
+    e->trim_q = NULL;
     return rc;
 }
 
@@ -2316,8 +2336,27 @@ static void serve_ctl(struct mwfe *e)
  * produces them; we cannot know when it writes next): an idle connection costs no ring
  * memory, whatever it carried before.
  */
+static int trim_cmp(const void *a, const void *b)
+{
+    const struct fe_trim *x = a, *y = b;
+
+    return x->page != y->page ? (x->page < y->page ? -1 : 1) : (int)x->order - (int)y->order;
+}
+
 static void rings_trim(struct mwfe *e)
 {
+    /* rings freed since the last sweep and still free, each once (a busy daemon frees the
+     * same few blocks over and over) */
+    qsort(e->trim_q, e->ntrim_q, sizeof(*e->trim_q), trim_cmp);
+    for (uint32_t i = 0; i < e->ntrim_q && !e->trim_off; i++) {
+        const struct fe_trim *t = &e->trim_q[i];
+
+        if (i > 0 && t->page == t[-1].page && t->order == t[-1].order)
+            continue;
+        if (fe_buddy_is_free(&e->buddy, t->page, t->order - MW_RING_ORDER_MIN))
+            ring_trim(e, t->page, t->order);
+    }
+    e->ntrim_q = 0;
     for (uint32_t s = 0; s < e->area.nsocks && !e->trim_off && ins_ok(e); s++) {
         struct fe_sock *sk = e->by_slot[s];
 

@@ -53,10 +53,23 @@ static void run(uint32_t npages, unsigned int seed)
         blks[n].page = page;
         blks[n].order = order;
         n++;
+        /* fe_buddy_is_free: an allocated block is not free; any freed one is, as the owner
+         * map says (a block is free exactly when none of its pages is owned) */
+        CHECK(!fe_buddy_is_free(&b, (uint32_t)page, order));
+        if (n > 1) {
+            unsigned int j = (unsigned int)rand() % (n - 1);
+            uint32_t q = (uint32_t)blks[j].page;
+            int owned = 0;
+
+            for (uint32_t p = 0; p < (1u << blks[j].order); p++)
+                owned |= owner[q + p];
+            CHECK(fe_buddy_is_free(&b, q, blks[j].order) == !owned);
+        }
     }
     while (n > 0) {
         n--;
         fe_buddy_free(&b, (uint32_t)blks[n].page, blks[n].order);
+        CHECK(fe_buddy_is_free(&b, (uint32_t)blks[n].page, blks[n].order));
     }
     CHECK(b.free_pages == npages);
     /* everything merged back: the largest aligned block fits again */
