@@ -601,7 +601,9 @@ def cmd_status(args, bb: Backbone) -> int:
                   f"dom{dev.get('front')} {dev.get('state', '?').capitalize()}, "
                   f"{dev.get('sockets', 0)} sockets, tx {dev.get('tx_bytes', 0)} B, rx "
                   f"{dev.get('rx_bytes', 0)} B, {dev.get('proto_errors', 0)} protocol errors"
-                  + (f" ({dev['why']})" if dev.get("why") else ""))
+                  + (f" ({dev['why']})" if dev.get("why") else "")
+                  + (f" [counters {ins['stats_age_s']:.0f} s old: is the INS running?]"
+                     if ins.get("stats_age_s", 0) > 5 else ""))
     for err in doc["errors"]:
         print(f"({err})")
     return EXIT_OK
