@@ -58,7 +58,21 @@ def _up(run_dir):
 
 
 def _down(run_dir):
-    subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
+    try:
+        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60,
+                       check=True)
+    except (OSError, subprocess.SubprocessError):
+        # no daemon left behind even when `mwcomms down` cannot run (e.g. a reinstall is
+        # replacing the console scripts): stop what state.json recorded
+        try:
+            pids = json.load(open(os.path.join(run_dir, "state.json")))["pids"].values()
+        except (OSError, ValueError, KeyError):
+            pids = ()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     if not os.environ.get("MWCTL_TEST_RUN_BASE"):     # else test_asan.py reads the logs
         shutil.rmtree(run_dir, ignore_errors=True)
 
