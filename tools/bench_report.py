@@ -65,7 +65,7 @@ def table(result: dict) -> str:
     widths = [max(len(c), *(len(l[i]) for l in lines)) if lines else len(c)
               for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:{'<' if i in (0, 1, 5) else '>'}{w}}}" for i, w in enumerate(widths))
-    out = [head, "", fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
+    out = [head, "", fmt.format(*cols).rstrip(), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*l).rstrip() for l in lines]
     notes = []
     for r in result["cases"]:
