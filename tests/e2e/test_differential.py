@@ -15,7 +15,6 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = os.path.join(HERE, "scenarios.py")
-MWCOMMS = os.path.join(os.path.dirname(sys.executable), "mwcomms")
 NAMES = ["tcp_basic", "tcp_ipv6", "errors", "nonblocking_connect", "accept4_flags", "msg_flags",
          "udp", "big_transfer", "dup_close", "fork_child", "exec_child", "resolve",
          "unconnected", "udp_refused", "mmsg", "ioctls", "resolve_flags", "fd_calls",
@@ -38,37 +37,16 @@ def transcript(out: str) -> list:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("mwc"))
-    try:
-        try:
-            up = subprocess.run([MWCOMMS, "--dir", run_dir, "up"], capture_output=True, text=True,
-                                timeout=120, env=_env())
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"mwcomms up did not return within 120 s: {exc.stdout}")
-        if up.returncode != 0:
-            logs = os.path.join(run_dir, "logs")
-            tails = ""
-            for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
-                with open(os.path.join(logs, name)) as f:
-                    tails += f"\n--- {name}\n" + "".join(f.readlines()[-20:])
-            pytest.fail(f"mwcomms up failed: {up.stdout}{up.stderr}{tails}")
-        yield run_dir
-    finally:
-        # Always: an `up` that failed half-way may have left daemons running.
-        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=120)
-
-
 def run_native(name):
     script = ("ip link set lo up && exec \"$0\" \"$@\"")
     return subprocess.run(["unshare", "--net", "--", "sh", "-c", script, sys.executable, SCENARIOS,
                            name], capture_output=True, text=True, timeout=60, env=_env())
 
 
-def run_forwarded(run_dir, name):
-    return subprocess.run([MWCOMMS, "--dir", run_dir, "run", "--", sys.executable, SCENARIOS, name],
-                          capture_output=True, text=True, timeout=60, env=_env())
+def run_forwarded(backbone, name):
+    """The scenario under `mwcomms run`, through the backbone of tests/e2e/conftest.py."""
+    return subprocess.run(backbone.argv([sys.executable, SCENARIOS, name]), capture_output=True,
+                          text=True, timeout=60, env=_env())
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -7,6 +7,7 @@ through gethostbyname2/getaddrinfo; many concurrent connections, fast and slow s
 beyond what the server accepted wait in the backlog, as natively: none is reset).
 """
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -32,10 +33,33 @@ def backbone(tmp_path_factory):
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120)
     if up.returncode != 0:
         logs = Path(run_dir, "up.out").read_text()
-        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
+        _take_down(run_dir)
         pytest.fail(f"mwcomms up failed ({up.returncode}): {logs}")
     yield run_dir
-    subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
+    _take_down(run_dir)
+
+
+def _take_down(run_dir):
+    """`mwcomms down`, or, when it cannot run (a concurrent reinstall), the recorded daemons
+    stopped by hand: none outlives the tests."""
+    try:
+        subprocess.run([MWCOMMS, "--dir", run_dir, "down"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    state_path = Path(run_dir, "state.json")
+    if not state_path.exists():
+        return
+    state = json.loads(state_path.read_text())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in state.get("pids", {}).values():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1.0)
+    if state.get("netns"):
+        subprocess.run(["ip", "netns", "del", state["netns"]], capture_output=True)
+    state_path.unlink()
 
 
 def mwrun(run_dir, argv, timeout=60, **kw):
