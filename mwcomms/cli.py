@@ -353,6 +353,32 @@ def run_env(state: dict) -> dict:
     return env
 
 
+def _static_elf(path: str) -> bool:
+    """True when path is an ELF executable without a program interpreter (statically linked):
+    the dynamic loader never runs, so LD_PRELOAD, and with it the shim, has no effect."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
+                return False
+            end = "<" if head[5] == 1 else ">"
+            if head[4] == 2:
+                phoff, = struct.unpack_from(end + "Q", head, 32)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 54)
+            else:
+                phoff, = struct.unpack_from(end + "I", head, 28)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 42)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    types = [struct.unpack_from(end + "I", table, i * phentsize)[0] for i in range(phnum)
+             if (i + 1) * phentsize <= len(table)]
+    return 3 not in types                # PT_INTERP
+
+
 def cmd_run(args) -> int:
     if not args.command:
         raise CliError("nothing to run: mwcomms run [--isolate] -- CMD ARGS...", EXIT_USAGE)
@@ -362,6 +388,11 @@ def cmd_run(args) -> int:
         print(f"mwcomms run: warning: {stopped}", file=sys.stderr)
     env = run_env(state)
     cmd = list(args.command)
+    exe = shutil.which(cmd[0])
+    if exe and not args.isolate and _static_elf(exe):
+        print(f"mwcomms run: warning: {cmd[0]} is statically linked: the shim cannot see its "
+              f"sockets, which would use this host's network; add --isolate to leave it none",
+              file=sys.stderr)
     if args.isolate:
         # A network namespace with no interfaces at all: a program that slips past the shim
         # (a static binary, raw syscalls) has no network instead of the host's.

@@ -58,3 +58,22 @@ def test_run_reports_a_missing_command(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"pids": {}, "control": "x"}))
     r = mwcomms("run", "--", "no-such-command-xyz", run_dir=tmp_path)
     assert r.returncode == 127 and "command not found" in r.stderr
+
+
+def test_run_warns_about_a_static_binary(tmp_path):
+    """LD_PRELOAD cannot reach a statically linked program: `mwcomms run` says so (and that
+    --isolate is the answer) instead of letting it use this host's network unnoticed."""
+    import json
+    import shutil
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (tmp_path / "main.c").write_text("int main(void) { return 7; }\n")
+    built = subprocess.run(["gcc", "-static", "-o", str(tmp_path / "static"),
+                            str(tmp_path / "main.c")], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"cannot link statically here (no libc.a?): {built.stderr[-300:]}")
+    (tmp_path / "state.json").write_text(json.dumps({"pids": {}, "control": "x"}))
+    r = mwcomms("run", "--", str(tmp_path / "static"), run_dir=tmp_path)
+    assert r.returncode == 7 and "statically linked" in r.stderr and "--isolate" in r.stderr
+    r = mwcomms("run", "--", "true", run_dir=tmp_path)
+    assert r.returncode == 0 and r.stderr == ""
