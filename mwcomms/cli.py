@@ -379,6 +379,27 @@ def _static_elf(path: str) -> bool:
     return 3 not in types                # PT_INTERP
 
 
+def _preload_ignored(path: str, euid: int) -> str:
+    """Why the dynamic loader would ignore LD_PRELOAD for path run by euid ("" if it would
+    not): a static binary never runs the loader; a set-user/group-ID or file-capability
+    program run by anyone but root starts in secure-execution mode."""
+    if _static_elf(path):
+        return "is statically linked"
+    if euid == 0:
+        return ""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if mode & 0o6000:
+        return "is set-user/group-ID"
+    try:
+        os.getxattr(path, "security.capability")
+        return "has file capabilities"
+    except OSError:
+        return ""
+
+
 def cmd_run(args) -> int:
     if not args.command:
         raise CliError("nothing to run: mwcomms run [--isolate] -- CMD ARGS...", EXIT_USAGE)
@@ -389,10 +410,10 @@ def cmd_run(args) -> int:
     env = run_env(state)
     cmd = list(args.command)
     exe = shutil.which(cmd[0])
-    if exe and not args.isolate and _static_elf(exe):
-        print(f"mwcomms run: warning: {cmd[0]} is statically linked: the shim cannot see its "
-              f"sockets, which would use this host's network; add --isolate to leave it none",
-              file=sys.stderr)
+    why = _preload_ignored(exe, os.geteuid()) if exe and not args.isolate else ""
+    if why:
+        print(f"mwcomms run: warning: {cmd[0]} {why}: the shim cannot see its sockets, which "
+              f"would use this host's network; add --isolate to leave it none", file=sys.stderr)
     if args.isolate:
         # A network namespace with no interfaces at all: a program that slips past the shim
         # (a static binary, raw syscalls) has no network instead of the host's.

@@ -77,3 +77,16 @@ def test_run_warns_about_a_static_binary(tmp_path):
     assert r.returncode == 7 and "statically linked" in r.stderr and "--isolate" in r.stderr
     r = mwcomms("run", "--", "true", run_dir=tmp_path)
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_set_user_id_programs_are_named_for_users_but_root(tmp_path):
+    """The loader ignores LD_PRELOAD for a set-user-ID program run by a user (secure
+    execution), not for root: the warning follows that."""
+    import shutil
+    from mwcomms.cli import _preload_ignored
+    prog = tmp_path / "suid-true"
+    shutil.copy(shutil.which("true"), prog)
+    assert _preload_ignored(str(prog), 1000) == ""
+    prog.chmod(0o4755)
+    assert _preload_ignored(str(prog), 1000) == "is set-user/group-ID"
+    assert _preload_ignored(str(prog), 0) == ""
