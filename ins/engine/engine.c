@@ -615,7 +615,10 @@ static struct ins_sock *sock_new(struct ins_front *fe, uint32_t slot, int fd, ui
 }
 
 /* Move what a socket can move now, then wait for what it waits for. */
+#define PUMP_TX 1u
+#define PUMP_RX 2u
 static int sock_pump(struct ins_sock *s);
+static int sock_pump_some(struct ins_sock *s, unsigned int what);
 
 /* Close the socket for good: no event about it is acted upon any more, its slot is free. */
 static void sock_free(struct ins_sock *s, int close_fd)
@@ -808,15 +811,22 @@ static int pump_accept(struct ins_sock *s)
         if (rc < 0)
             return rc;
         /* the connection may have brought bytes already: the INS may produce into new_sock's
-         * rx ring from the moment its response is written (docs/protocol.md 7.4) */
-        rc = sock_pump(ns);
+         * rx ring from the moment its response is written (docs/protocol.md 7.4); epoll
+         * (EPOLLIN, registered here) reports them, so no read that would mostly say EAGAIN */
+        rc = sock_pump_some(ns, PUMP_TX);
         if (rc < 0)
             return rc;
     }
     return 0;
 }
 
-static int sock_pump(struct ins_sock *s)
+/*
+ * Move what can move on a socket: tx ring -> socket (PUMP_TX) and socket -> rx ring (PUMP_RX),
+ * or accept into pending ACCEPTs. Callers that know why they were called ask for one way only:
+ * a DATA event from the frontend has nothing to do with the socket's incoming bytes, and a
+ * read there would mostly say EAGAIN (epoll, level-triggered, reports those).
+ */
+static int sock_pump_some(struct ins_sock *s, unsigned int what)
 {
     int rc = 0;
 
@@ -825,16 +835,23 @@ static int sock_pump(struct ins_sock *s)
     if (s->listening) {
         rc = pump_accept(s);
     } else if (s->type == MW_SOCK_DGRAM) {
-        rc = pump_tx_dgram(s);
-        if (rc == 0)
+        if (what & PUMP_TX)
+            rc = pump_tx_dgram(s);
+        if (rc == 0 && (what & PUMP_RX))
             rc = pump_rx_dgram(s);
     } else if (s->connected) {
-        rc = pump_tx_stream(s);
-        if (rc == 0)
+        if (what & PUMP_TX)
+            rc = pump_tx_stream(s);
+        if (rc == 0 && (what & PUMP_RX))
             rc = pump_rx_stream(s);
     }
     sock_update_epoll(s);
     return rc;
+}
+
+static int sock_pump(struct ins_sock *s)
+{
+    return sock_pump_some(s, PUMP_TX | PUMP_RX);
 }
 
 /* A connecting socket became writable or failed: answer its CONNECT. */
@@ -865,7 +882,7 @@ static int sock_connect_done(struct ins_sock *s)
     }
     if (respond(s->fe, &rsp) < 0)
         return -EPROTO;
-    return sock_pump(s);
+    return sock_pump_some(s, PUMP_TX);  /* epoll (EPOLLIN from now) reports incoming bytes */
 }
 
 static void sock_event(struct ins_sock *s, uint32_t events)
@@ -888,7 +905,8 @@ static void sock_event(struct ins_sock *s, uint32_t events)
         if (stream_tx_failed(s, -err) < 0)
             return;
     }
-    sock_pump(s);
+    sock_pump_some(s, (events & EPOLLIN ? PUMP_RX : 0) | (events & EPOLLOUT ? PUMP_TX : 0) |
+                   (events & (EPOLLERR | EPOLLHUP) ? PUMP_TX | PUMP_RX : 0));
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -952,9 +970,10 @@ out_close:
     close(fd);
 out:
     rc = respond_ret(fe, req->id, req->cmd, req->sock, ret);
-    /* a datagram socket may send at once: ask for DATA on its tx ring, watch its rx */
+    /* a datagram socket may send at once: ask for DATA on its tx ring, watch its rx (epoll
+     * reports incoming datagrams) */
     if (rc == 0 && ret == 0)
-        rc = sock_pump(s);
+        rc = sock_pump_some(s, PUMP_TX);
     return rc;
 }
 
@@ -1007,7 +1026,7 @@ out:
         mw_rsp_build_addr(&rsp, req->id, req->cmd, req->sock, &local);
     if (respond(fe, &rsp) < 0)
         return -EPROTO;
-    return ret == 0 ? sock_pump(s) : 0;
+    return ret == 0 ? sock_pump_some(s, PUMP_TX) : 0;    /* epoll reports incoming bytes */
 }
 
 static int do_bind(struct ins_front *fe, const struct mw_req *req)
@@ -1515,6 +1534,7 @@ static void front_rescan(struct ins_front *fe)
 static void front_service(struct ins_front *fe)
 {
     int budget = SERVICE_BUDGET;
+    struct ins_sock *s;
     struct mw_event ev;
     struct mw_req req;
     const char *why;
@@ -1546,9 +1566,17 @@ static void front_service(struct ins_front *fe)
                 violation(fe, "fq event sock %u type %u: %s", ev.sock, ev.type, why);
                 return;
             }
-            /* a hint: an event about a slot that is not open is stale and ignored (9) */
-            if (fe->socks[ev.sock])
-                sock_pump(fe->socks[ev.sock]);
+            /* a hint: an event about a slot that is not open is stale and ignored (9).
+             * DATA: bytes to send. SPACE: room in rx, which matters only if it was full
+             * (else epoll reports incoming bytes); its index is read and checked anyway. */
+            s = fe->socks[ev.sock];
+            if (s && ev.type == MW_EV_SPACE && !s->rx_full) {
+                if (mw_bring_space(&s->rx) == -EPROTO)
+                    violation(fe, "socket %u: rx ring indices", s->slot);
+            } else if (s) {
+                sock_pump_some(s, ev.type == MW_EV_DATA ? PUMP_TX :
+                               ev.type == MW_EV_SPACE ? PUMP_RX : PUMP_TX | PUMP_RX);
+            }
             if (fe->broken)
                 return;
         }
