@@ -790,6 +790,21 @@ def mwctl_status_ok():
 def step_e2e_http(ctx):
     bb = need_backbone(ctx)
     bb.servers()
+    listening = mwctl_sockets_listen(HTTP_PORT)
+    # `mwctl trace` (root: dom0 is) around one more curl: the ring messages on the xen backend
+    trace = subprocess.Popen([sys.executable, "-m", "mwcomms.tools.mwctl", "trace", "--type",
+                              "connect", "--duration", "10"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    first = trace.stdout.readline()        # "tracing ..." once it listens (or why it cannot)
+    bb.shim(["curl", "-sS", "--max-time", "30", "http://127.0.0.1:%d/" % HTTP_PORT], timeout=60)
+    try:
+        traced, _ = trace.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        trace.kill()
+        traced, _ = trace.communicate()
+    log("\n".join("mwctl trace| " + l for l in (first + traced).splitlines()[-12:]))
+    if "REQ  CONNECT" not in traced or "RSP  CONNECT" not in traced:
+        raise Fail("mwctl trace --type connect did not show curl's CONNECT both ways")
     out = []
     for url in ("http://127.0.0.1:%d/" % HTTP_PORT, "http://%s:%d/" % (INS_NAME, HTTP_PORT)):
         rc, text = bb.shim(["curl", "-sS", "--max-time", "30", url], timeout=60)
@@ -800,8 +815,25 @@ def step_e2e_http(ctx):
     rc, text = sh(["curl", "-sS", "--max-time", "10", "http://127.0.0.1:%d/" % HTTP_PORT])
     if rc == 0:
         raise Fail("curl without the shim reached the server: it is not in the INS")
-    return "curl under the shim got the greeting from %s; without the shim: rc=%d (%s)" % (
-        " and ".join(out), rc, text.strip()[-80:])
+    return "curl under the shim got the greeting from %s; without the shim: rc=%d (%s); " \
+           "mwctl sockets: %s; mwctl trace: CONNECT both ways" % (
+               " and ".join(out), rc, text.strip()[-80:], listening)
+
+
+def mwctl_sockets_listen(port):
+    """`mwctl sockets` (logged) must list the server's listening socket on `port`."""
+    import json
+    rc, text = mwctl("sockets")
+    log("\n".join("mwctl sockets| " + l for l in text.splitlines()[-12:]))
+    rc, out = mwctl("sockets", "--json", "--state", "listen")
+    try:
+        socks = json.loads(out)
+    except ValueError:
+        raise Fail("mwctl sockets --json rc=%d: %s" % (rc, out.strip()[-200:])) from None
+    mine = [d for d in socks if (d.get("local") or {}).get("port") == port]
+    if rc != 0 or not mine:
+        raise Fail("mwctl sockets --state listen does not list port %d: %s" % (port, out.strip()[-300:]))
+    return "listener %s:%d (pid %s)" % (mine[0]["local"].get("host"), port, mine[0].get("pid"))
 
 
 def step_e2e_udp(ctx):
