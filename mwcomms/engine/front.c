@@ -1014,6 +1014,18 @@ static void sk_update_watch(struct mwfe *e, struct fe_sock *sk)
     src_watch(e, &sk->src, ev);
 }
 
+/* A socket just connected or accepted. A stream's P has nothing for the INS yet (the
+ * application could not write before): epoll says when it has, instead of a read that would
+ * only say EAGAIN. A datagram socket may have sent before connecting; after HUP nothing is
+ * watched: those are pumped now. */
+static void tx_start(struct mwfe *e, struct fe_sock *sk)
+{
+    if (sk->type == SOCK_STREAM && !sk->p_hup && !sk->p_eof)
+        sk_update_watch(e, sk);
+    else
+        pump_tx(e, sk);
+}
+
 /* HUP (or an error) on P: every copy of X is closed. Move what P still holds into tx, then
  * CLOSE. */
 static void sk_hup(struct mwfe *e, struct fe_sock *sk)
@@ -1268,7 +1280,7 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
             if (ret == 0) {
                 sk->state = SK_CONNECTED;
                 sk->connected_once = 1;
-                pump_tx(e, sk);
+                tx_start(e, sk);
                 pump_rx(e, sk);
             } else {
                 sk_fail(e, sk, ret, !from_loss);
@@ -1289,7 +1301,7 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
         }
         call_done(e, op, ret, NULL, 0, NULL, 0);
         if (sk->state == SK_CONNECTED) {
-            pump_tx(e, sk);
+            tx_start(e, sk);
             pump_rx(e, sk);
         }
         break;
@@ -1863,7 +1875,7 @@ static void do_accept(struct mwfe *e, struct fe_client *c, const struct mwl_hdr 
     r.peer = n->peer;
     reply(e, c, h->seq, h->op, 0, &r, sizeof(r), NULL, 0, n->x);
     close_fd(&n->x);
-    pump_tx(e, n);
+    tx_start(e, n);
     pump_rx(e, n);
     refill_accepts(e, l);
 }
