@@ -42,7 +42,7 @@ from mwcomms.xen.xenbus import FrontendDriver, XenbusState
 
 from ._engine import Engine
 
-__all__ = ["FrontendDaemon", "main"]
+__all__ = ["FrontendDaemon", "DEFAULT_LAYOUT", "XEN_LAYOUT", "ensure_gntalloc_room", "main"]
 
 log = logging.getLogger("mwcomms.daemon")
 
