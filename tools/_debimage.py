@@ -306,16 +306,25 @@ class Libs:
         self.path = "%s:%s" % (os.path.join(root, "lib", MULTIARCH), os.path.join(root, "usr", "lib", MULTIARCH))
 
     def needed(self, elf: str) -> tuple[list[str], list[str]]:
-        """@return (resolved paths, names not found)"""
-        proc = subprocess.run([self.ldso, "--library-path", self.path, "--list", elf],
+        """@return (resolved paths, names not found in the unpacked tree)
+
+        ld.so falls back to the host's cache and default directories for what --library-path
+        lacks: a library resolved outside the tree is missing from the package list, never
+        something to copy (it would mix the host's build into the image)."""
+        proc = subprocess.run([self.ldso, "--inhibit-cache", "--library-path", self.path,
+                               "--list", elf],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        root = os.path.realpath(self.root) + os.sep
         found, missing = [], []
         for line in proc.stdout.splitlines():
             m = re.match(r"\s*(\S+) => (\S+)", line)
             if m and m.group(2) == "not":
                 missing.append(m.group(1))
             elif m and m.group(2).startswith("/"):
-                found.append(m.group(2))
+                if os.path.realpath(m.group(2)).startswith(root):
+                    found.append(m.group(2))
+                else:
+                    missing.append(m.group(1))
         return found, missing
 
     def add(self, img: Cpio, elfs: Iterable[str], required: bool = True) -> list[str]:

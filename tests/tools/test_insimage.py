@@ -100,3 +100,26 @@ def test_image_python_runs_the_ins(image, tmp_path):
     assert run.returncode == 1, run.stdout
     assert "platform: [Errno 19]" in run.stdout, run.stdout
     assert "Error" not in run.stdout.replace("[Errno 19]", "").replace("ERROR platform", ""), run.stdout
+
+
+def test_a_library_missing_from_the_tree_is_missing_not_taken_from_the_host(tmp_path):
+    """ld.so falls back to the host's libraries for what the unpacked tree lacks: such a
+    library must be reported missing (a SetupError when required), never copied in."""
+    host = "/lib/x86_64-linux-gnu"
+    if shutil.which("gcc") is None or not os.path.exists(f"{host}/ld-linux-x86-64.so.2"):
+        pytest.skip("needs gcc and an x86-64 glibc host")
+    root = tmp_path / "root"
+    (root / "lib/x86_64-linux-gnu").mkdir(parents=True)
+    (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    for name in ("ld-linux-x86-64.so.2", "libc.so.6"):
+        shutil.copy(f"{host}/{name}", root / "lib/x86_64-linux-gnu" / name)
+    src = tmp_path / "m.c"
+    src.write_text("#include <math.h>\nint main(int c, char **v) { return (int)cos(c); }\n")
+    exe = tmp_path / "m"
+    subprocess.run(["gcc", "-o", str(exe), str(src), "-lm"], check=True)
+    libs = deb.Libs(str(root))
+    found, missing = libs.needed(str(exe))
+    assert missing == ["libm.so.6"]
+    assert found and all(p.startswith(str(root)) for p in found)
+    with pytest.raises(deb.SetupError, match="libm.so.6"):
+        libs.add(deb.Cpio(), [str(exe)])
