@@ -93,6 +93,7 @@ struct fe_sock {
     uint32_t filler, sndbuf;
     int accept_max, accepts_pending;
     int accept_starved;        /* listening, no ACCEPT pending: no slot or rings were free */
+    int preaccept;             /* made for an ACCEPT the INS has not answered with success */
     int queued;                /* accepted connections waiting in aq */
     struct fe_sock *aq_head, *aq_tail, *aq_next; /* listener's queue / link in it */
     struct fe_sock *listener;  /* SK_QUEUED or an ACCEPT outstanding: its listener */
@@ -190,6 +191,7 @@ struct mwfe {
     uint32_t *free_slots, nfree_slots;
     uint32_t nstarved;         /* listeners marked accept_starved */
     int refill_due;            /* rings or entries were given back: retry those listeners */
+    int64_t refill_at;         /* CLOCK_MONOTONIC ms before which refill_starved waits */
     long short_logged[2];      /* CLOCK_MONOTONIC second of the last short_log line, by kind */
 
     struct mwfe_stats st;

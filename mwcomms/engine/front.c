@@ -165,8 +165,10 @@ static void sk_free(struct mwfe *e, struct fe_sock *sk)
     close_fd(&sk->nb_x);
     e->socks[sk->idx] = NULL;
     e->free_idx[e->nfree_idx++] = sk->idx;
-    if (e->nstarved)
-        e->refill_due = 1;
+    if (sk->accept_starved && e->nstarved)
+        e->nstarved--;
+    if (e->nstarved && !sk->preaccept)
+        e->refill_due = 1;       /* it held an INS socket or fds: retry starved listeners */
     ST_SUB(e, sockets, 1);
     sk->znext = e->grave_sk;
     e->grave_sk = sk;
@@ -390,7 +392,7 @@ static void slot_release(struct mwfe *e, struct fe_sock *sk)
         rings_forget(e, sk);
         fe_buddy_free(&e->buddy, sk->tx_page, sk->tx_order - 12u);
         fe_buddy_free(&e->buddy, sk->rx_page, sk->rx_order - 12u);
-        if (e->nstarved)
+        if (e->nstarved && !sk->preaccept)
             e->refill_due = 1;   /* a listener waits for room for its ACCEPTs */
     }
     sk->has_slot = sk->has_rings = sk->live = 0;
@@ -1120,6 +1122,8 @@ static void refill_accepts(struct mwfe *e, struct fe_sock *l)
         struct mw_rings rings;
         struct fe_op *op;
 
+        if (n)
+            n->preaccept = 1;    /* it takes what was free: its end makes no new room */
         if (!n || slot_alloc(e, n, e->cfg.stream_order) < 0) {
             if (n)
                 sk_free(e, n);
@@ -1152,17 +1156,33 @@ static void refill_accepts(struct mwfe *e, struct fe_sock *l)
     }
 }
 
-/* Sockets gave rings or entries back: listeners left without any pending ACCEPT (so that the
- * application's accept() would wait forever) try again. */
+/*
+ * Sockets that held an INS socket, fds or rings went away: listeners left without any pending
+ * ACCEPT (so that the application's accept() would wait forever) try again, at most once per
+ * FE_PROBE_MS. A pre-accept socket that failed gives back only what was free before it, so
+ * it does not count: otherwise an INS out of fds fails the retried ACCEPT at once, that
+ * failure triggers the next retry, and both daemons spin. The scan stops once it has seen
+ * every starved listener.
+ */
 static void refill_starved(struct mwfe *e)
 {
+    struct timespec ts;
+    int64_t now;
+    uint32_t left = e->nstarved;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (now < e->refill_at)
+        return;                  /* the loop wakes at least every FE_PROBE_MS */
+    e->refill_at = now + FE_PROBE_MS;
     e->refill_due = 0;
     e->nstarved = 0;
-    for (uint32_t i = 0; i < e->cfg.max_sockets && ins_ok(e); i++) {
+    for (uint32_t i = 0; left && i < e->cfg.max_sockets && ins_ok(e); i++) {
         struct fe_sock *l = e->socks[i];
 
         if (!l || !l->accept_starved)
             continue;
+        left--;
         l->accept_starved = 0;
         refill_accepts(e, l);    /* marks it again while still short */
     }
@@ -1327,6 +1347,7 @@ static void op_complete(struct mwfe *e, struct fe_op *op, const struct mw_rsp *r
     case MW_CMD_ACCEPT:
         sk->accepts_pending--;
         if (ret == 0 && !from_loss) {
+            n->preaccept = 0;           /* the INS holds a socket for it now */
             n->peer = rsp->u.addr.addr;
             n->listener = NULL;
             if (rings_open(e, n) < 0 || sk->state != SK_LISTENING || sk_make_pair(e, n) < 0) {

@@ -9,10 +9,13 @@ import importlib.util
 import os
 import pathlib
 import resource
+import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -165,6 +168,66 @@ def test_out_of_fds_answers_enfile_and_recovers(few_fds):
             assert exc.errno == errno.ENFILE
             return False
     h._wait(another, 10, "a socket once others closed")
+    for _, fd in socks[3:]:
+        fd.close()
+    c.close()
+
+
+@pytest.fixture
+def ins_few_fds(tmp_path):
+    yield from _world(tmp_path, nofile={"mwcomms.ins.daemon": NOFILE})
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fill(c):
+    """Sockets until the daemon out of fds answers ENFILE."""
+    socks = []
+    while True:
+        try:
+            socks.append(c.socket())
+        except OSError as exc:
+            assert exc.errno == errno.ENFILE, exc
+            return socks
+        assert len(socks) <= NOFILE, "never refused"
+
+
+def test_listener_starved_by_the_ins_waits_quietly_and_recovers(ins_few_fds):
+    """A connection waits in the backlog of a listener whose INS is out of fds: every ACCEPT
+    fails with EMFILE there. The daemons must not retry in a loop (the failed attempt frees
+    nothing); the listener accepts the connection once other sockets close."""
+    w = ins_few_fds
+    c = h.Local(w.control)
+    lh, lx = c.socket()
+    assert c.call(h.BIND, struct.pack("<Q", lh) + h.sockaddr("127.0.0.1", 0) + bytes(8))[0] == 0
+    assert c.handle_call(h.LISTEN, lh, 4)[0] == 0
+    port = h.parse_sockaddr(c.handle_call(h.GETSOCKNAME, lh)[1])[2]
+    socks = _fill(c)
+    client = socket.create_connection(("127.0.0.1", port), 10)   # the INS cannot accept it
+    time.sleep(0.5)
+    before = [_cpu_seconds(p.pid) for p in (w.mwd, w.ins)]
+    time.sleep(2)
+    used = [_cpu_seconds(p.pid) - b for p, b in zip((w.mwd, w.ins), before)]
+    print(f"\nstarved listener, 2 s: mwcommsd {used[0]:.2f} s CPU, INS {used[1]:.2f} s CPU")
+    assert used[0] < 0.3 and used[1] < 0.3, used
+    assert not select.select([lx], [], [], 0)[0], "accepted although the INS had no fd"
+
+    for _, fd in socks[:3]:
+        fd.close()
+    assert select.select([lx], [], [], 10)[0], "the listener never recovered"
+    assert len(lx.recv(1)) == 1
+    ret, body, fds = c.handle_call(h.ACCEPT, lh)
+    assert ret == 0 and len(fds) == 1
+    nx = socket.socket(fileno=fds[0])
+    client.sendall(b"late but whole")
+    nx.settimeout(10)
+    assert nx.recv(100) == b"late but whole"
+    nx.close(), client.close(), lx.close()
     for _, fd in socks[3:]:
         fd.close()
     c.close()
