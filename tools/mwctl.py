@@ -435,10 +435,45 @@ def _duration(sec: float | None) -> str:
 
 # ---- status -------------------------------------------------------------------------------
 
-def _devices(client) -> list[dict]:
-    """Every mwcomms device visible in XenStore, each with both ends' keys."""
+def _read_keys(client, path: str | None) -> dict:
+    import pyxs
+    from mwcomms.xen import xenbus
+    if not path:
+        return {}
+    try:
+        return xenbus.read_dir(client, path)
+    except (OSError, pyxs.PyXSError):
+        return {}
+
+
+def _device(front, ins, devid, fkeys: dict, bkeys: dict) -> dict:
+    """One device, both ends' keys read from the paths the toolstack made (front_path,
+    back_path of the domain ids), never from the path keys each domain writes itself (a
+    compromised end could point mwctl at another device's keys): those are only compared."""
     from mwcomms.xen import xenbus
     from mwcomms.xen.xenbus import XenbusState
+    known = all(isinstance(v, int) for v in (front, ins, devid))
+    fp = xenbus.front_path(front, devid) if known else None
+    bp = xenbus.back_path(ins, front, devid) if known else None
+    suspicious = []
+    if fkeys.get("backend") not in (None, bp):
+        suspicious.append(f"the frontend's backend key is {fkeys['backend']!r}, not {bp}")
+    if bkeys.get("frontend") not in (None, fp):
+        suspicious.append(f"the INS's frontend key is {bkeys['frontend']!r}, not {fp}")
+    return {"frontend": front, "ins": ins, "devid": devid, "front_path": fp, "back_path": bp,
+            "front_state": XenbusState.parse(fkeys.get("state")).name,
+            "back_state": XenbusState.parse(bkeys.get("state")).name,
+            "front_keys": fkeys, "back_keys": bkeys, "suspicious": suspicious}
+
+
+def _number(text: str):
+    """A domain id or device number from XenStore: an int, else the text as it is (shown,
+    never used to build a path)."""
+    return int(text) if text.isdigit() and len(text) < 10 else text
+
+
+def _devices(client) -> list[dict]:
+    """Every mwcomms device visible in XenStore, each with both ends' keys."""
     import pyxs
     out = []
     for root in _mwcomms_paths(client):
@@ -449,26 +484,15 @@ def _devices(client) -> list[dict]:
             except pyxs.PyXSError:
                 continue
             for devid in devids:
-                fp = f"{root}/{devid}"
-                try:
-                    fkeys = xenbus.read_dir(client, fp)
-                except (OSError, pyxs.PyXSError):
+                fkeys = _read_keys(client, f"{root}/{devid}")
+                if not fkeys:
                     continue
-                bp = fkeys.get("backend")
-                try:
-                    bkeys = xenbus.read_dir(client, bp) if bp else {}
-                except (OSError, pyxs.PyXSError):
-                    bkeys = {}
-                # keys a domain writes itself: never trusted to be numbers
-                ins = fkeys.get("backend-id", "")
-                out.append({"frontend": dom, "ins": int(ins) if ins.isdigit() else ins,
-                            "devid": int(devid) if devid.isdigit() else devid,
-                            "front_path": fp, "back_path": bp,
-                            "front_state": XenbusState.parse(fkeys.get("state")).name,
-                            "back_state": XenbusState.parse(bkeys.get("state")).name,
-                            "front_keys": fkeys, "back_keys": bkeys})
+                ins, dev = _number(fkeys.get("backend-id", "")), _number(devid)
+                bkeys = (_read_keys(client, f"/local/domain/{ins}/backend/mwcomms/{dom}/{dev}")
+                         if isinstance(ins, int) and isinstance(dev, int) else {})
+                out.append(_device(dom, ins, dev, fkeys, bkeys))
         else:
-            # dom0 or the INS: backend directories whose frontend we may not read
+            # dom0 or the INS: backend directories, also of frontends we may not read
             try:
                 fronts = [n.decode() for n in client.list(root.encode()) if n]
             except pyxs.PyXSError:
@@ -479,24 +503,13 @@ def _devices(client) -> list[dict]:
                 except pyxs.PyXSError:
                     continue
                 for devid in devids:
-                    bp = f"{root}/{front}/{devid}"
-                    if any(d["back_path"] == bp for d in out):
+                    fr, dev = _number(front), _number(devid)
+                    if any((d["frontend"], d["ins"], d["devid"]) == (fr, dom, dev) for d in out):
                         continue
-                    try:
-                        bkeys = xenbus.read_dir(client, bp)
-                    except (OSError, pyxs.PyXSError):
-                        continue
-                    fp = bkeys.get("frontend")
-                    try:
-                        fkeys = xenbus.read_dir(client, fp) if fp else {}
-                    except (OSError, pyxs.PyXSError):
-                        fkeys = {}
-                    out.append({"frontend": int(front) if front.isdigit() else front,
-                                "ins": dom, "devid": int(devid) if devid.isdigit() else devid,
-                                "front_path": fp, "back_path": bp,
-                                "front_state": XenbusState.parse(fkeys.get("state")).name,
-                                "back_state": XenbusState.parse(bkeys.get("state")).name,
-                                "front_keys": fkeys, "back_keys": bkeys})
+                    bkeys = _read_keys(client, f"{root}/{front}/{devid}")
+                    fkeys = (_read_keys(client, f"/local/domain/{fr}/device/mwcomms/{dev}")
+                             if isinstance(fr, int) and isinstance(dev, int) else {})
+                    out.append(_device(fr, dom, dev, fkeys, bkeys))
     return out
 
 
@@ -568,6 +581,8 @@ def cmd_status(args, bb: Backbone) -> int:
         for side, keys in (("frontend", fk), ("INS", bk)):
             if keys.get("error"):
                 print(f"  {side} error: {keys['error']}")
+        for what in dev["suspicious"]:
+            print(f"  suspicious: {what}")
     if doc["xenstore"] == []:
         print("no mwcomms device in XenStore (`mwctl attach --frontend F --ins I`)")
     info = doc["mwcommsd"]

@@ -122,24 +122,38 @@ def test_attach_then_xenstore_shows_decoded_states(xs):
 
 
 def test_status_survives_what_a_domain_writes_in_its_own_keys(xs):
-    """The frontend owns its directory: garbage there is shown, never trusted."""
+    """The frontend owns its directory: garbage there is shown, never trusted. A `backend` key
+    pointing elsewhere (here: keys dom0 can read that say Connected) is flagged, and status
+    reads the backend where the toolstack made it."""
     daemon, tool = xs
     assert mwctl(daemon, "attach", "--frontend", str(FRONT), "--ins", str(INS)).returncode == 0
-    fp = xenbus.front_path(FRONT)
+    fp, bp = xenbus.front_path(FRONT), xenbus.back_path(INS, FRONT)
+    tool.write(b"/decoy/state", b"4")
     front = xenbus.connect_xenstore(daemon.domain_socket(FRONT))
     try:
-        front.write(f"{fp}/backend-id".encode(), b"2; rm -rf /")
         front.write(f"{fp}/state".encode(), b"99")
-        front.write(f"{fp}/backend".encode(), b"/local/domain/0/nowhere")
+        front.write(f"{fp}/backend".encode(), b"/decoy")
     finally:
         front.close()
     r = mwctl(daemon, "--control", "/nonexistent/c.sock", "status", "--json")
     assert r.returncode == 0, r.stderr
-    # two views now: the frontend's (pointing nowhere) and the INS's own directory
-    devs = json.loads(r.stdout)["xenstore"]
-    dev, = [d for d in devs if d["front_path"] == fp and d["frontend"] == FRONT and
-            d["back_path"] == "/local/domain/0/nowhere"]
-    assert dev["ins"] == "2; rm -rf /" and dev["front_state"] == "UNKNOWN"
-    assert dev["back_keys"] == {}
+    dev, = json.loads(r.stdout)["xenstore"]
+    assert (dev["front_path"], dev["back_path"]) == (fp, bp)
+    assert dev["front_state"] == "UNKNOWN" and dev["back_state"] == "INITIALISING"
+    assert dev["suspicious"] == [f"the frontend's backend key is '/decoy', not {bp}"]
+    assert "/decoy" not in json.dumps(dev["back_keys"])
     r = mwctl(daemon, "--control", "/nonexistent/c.sock", "status")
-    assert r.returncode == 0 and "frontend dom5 Unknown" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "frontend dom5 Unknown, INS dom6 Initialising" in r.stdout
+    assert "suspicious: the frontend's backend key is '/decoy'" in r.stdout
+
+    # a backend-id that is not a number: shown, no backend read at all
+    front = xenbus.connect_xenstore(daemon.domain_socket(FRONT))
+    try:
+        front.write(f"{fp}/backend-id".encode(), b"6/../../0")
+    finally:
+        front.close()
+    doc = json.loads(mwctl(daemon, "--control", "/x/c.sock", "status", "--json").stdout)
+    mine = [d for d in doc["xenstore"] if d["ins"] == "6/../../0"]
+    assert len(mine) == 1 and mine[0]["back_keys"] == {} and mine[0]["back_path"] is None
+    # the INS's own directory still shows as its device, from its side
+    assert any(d["ins"] == INS and d["back_path"] == bp for d in doc["xenstore"])
