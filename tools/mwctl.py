@@ -133,7 +133,16 @@ def _emit_json(doc) -> None:
 
 _HDR = struct.Struct("=IHHIi")
 OP_INFO, OP_SOCKETS, OP_TRACE = 64, 65, 66
-_INFO = struct.Struct("=IIiIQQQ16I4Q10Q32Q16QQII" + "iIQ" * 48 + "QII" + "iIQ" * 48 + "200s")
+# struct mwl_info, one struct per block (introspect.h), read one after the other
+_INFO_HEAD = struct.Struct("=IIiIQQQ16I4Q10Q")          # version .. dgrams_dropped
+_INFO_CALLS = struct.Struct("=32Q")                     # calls_by_op[MWL_INFO_OPS]
+_INFO_CMDS = struct.Struct("=16Q")                      # ins_by_cmd[MWL_INFO_CMDS]
+_ERRTAB_HEAD = struct.Struct("=QII")                    # *_other, n*, pad
+_ERRNO_COUNT = struct.Struct("=iIQ")                    # struct mwl_errno_count
+_INFO_ERRNOS = 48                                       # MWL_INFO_ERRNOS
+_INFO_WHY = struct.Struct("=200s")
+_INFO_SIZE = (_INFO_HEAD.size + _INFO_CALLS.size + _INFO_CMDS.size +
+              2 * (_ERRTAB_HEAD.size + _INFO_ERRNOS * _ERRNO_COUNT.size) + _INFO_WHY.size)
 _INFO_FIELDS = ("version", "features", "link", "pid", "now_ns", "started_ns", "attached_ns",
                 "port", "cmd_slots", "cmd_outstanding", "cmd_queued", "fq_len", "fq_used",
                 "bq_len", "bq_used", "sock_slots", "slots_used", "data_pages", "data_free",
@@ -147,7 +156,7 @@ _SOCKINFO_FIELDS = ("handle", "uid", "pid", "x_ino", "family", "type", "protocol
                     "p_inq", "p_outq", "queued", "accepts", "pad", "bytes_tx", "bytes_rx",
                     "created_ns", "local", "peer")
 _TRACE_REC = struct.Struct("=QHHIQiIII")
-assert _INFO.size == 2368 and _SOCKINFO.size == 176 and _TRACE_REC.size == 40
+assert _INFO_SIZE == 2368 and _SOCKINFO.size == 176 and _TRACE_REC.size == 40
 
 LOCAL_OPS = {64: "INFO", 65: "SOCKETS", 66: "TRACE", 1: "HELLO", 2: "SOCKET", 3: "IDENTIFY", 4: "CONNECT", 5: "BIND", 6: "LISTEN",
              7: "ACCEPT", 8: "GETSOCKNAME", 9: "GETPEERNAME", 10: "GETSOCKOPT",
@@ -241,27 +250,34 @@ class Control:
         return raw[_HDR.size:length]
 
     def info(self) -> dict:
-        raw = self.call(OP_INFO)
-        v = _INFO.unpack(raw[:_INFO.size])
-        doc = dict(zip(_INFO_FIELDS, v[:len(_INFO_FIELDS)]))
-        rest = v[len(_INFO_FIELDS):]
-        calls, cmds = rest[:32], rest[32:48]
-        errors_other, nerr = rest[48], rest[49]
-        pairs = rest[51:51 + 3 * 48]
-        ins_other, nins = rest[195], rest[196]
-        ins_pairs = rest[198:198 + 3 * 48]
-        doc["calls_by_op"] = {LOCAL_OPS.get(i, str(i)): n for i, n in enumerate(calls) if n}
         from mwcomms.tools import codec
+        raw = self.call(OP_INFO)
+        if len(raw) < _INFO_SIZE:
+            raise MwctlError(f"INFO answer of {len(raw)} bytes, not {_INFO_SIZE}")
+        off = 0
+
+        def take(st: struct.Struct) -> tuple:
+            nonlocal off
+            v = st.unpack_from(raw, off)
+            off += st.size
+            return v
+
+        def errno_table() -> dict:
+            other, n, _pad = take(_ERRTAB_HEAD)
+            pairs = [take(_ERRNO_COUNT) for _ in range(_INFO_ERRNOS)]
+            table = {_errname(err): count for err, _p, count in pairs[:min(n, _INFO_ERRNOS)]}
+            if other:
+                table["other"] = other
+            return table
+
+        doc = dict(zip(_INFO_FIELDS, take(_INFO_HEAD)))
+        doc["calls_by_op"] = {LOCAL_OPS.get(i, str(i)): n
+                              for i, n in enumerate(take(_INFO_CALLS)) if n}
         doc["ins_requests_by_cmd"] = {codec.CMD_NAMES.get(i, str(i)): n
-                                      for i, n in enumerate(cmds) if n}
-        doc["errors_by_errno"] = {_errname(pairs[3 * i]): pairs[3 * i + 2] for i in range(nerr)}
-        if errors_other:
-            doc["errors_by_errno"]["other"] = errors_other
-        doc["ins_errors_by_errno"] = {_errname(ins_pairs[3 * i]): ins_pairs[3 * i + 2]
-                                      for i in range(nins)}
-        if ins_other:
-            doc["ins_errors_by_errno"]["other"] = ins_other
-        doc["why"] = rest[-1].split(b"\0", 1)[0].decode("utf-8", "replace")
+                                      for i, n in enumerate(take(_INFO_CMDS)) if n}
+        doc["errors_by_errno"] = errno_table()
+        doc["ins_errors_by_errno"] = errno_table()
+        doc["why"] = take(_INFO_WHY)[0].split(b"\0", 1)[0].decode("utf-8", "replace")
         doc["link_text"] = LINK.get(doc["link"], str(doc["link"]))
         doc["feature_names"] = [n for b, n in FEATURES.items() if doc["features"] & b]
         doc["ins_up"] = bool(doc["features"] & 0x100)
