@@ -94,6 +94,8 @@ def _parse_options(raw: bytes) -> dict[int, bytes]:
         code, length = struct.unpack_from("<HH", raw, off)
         if code == _OPT_END:
             break
+        if off + 4 + length > len(raw):
+            raise ValueError("option runs past its block")
         out.setdefault(code, raw[off + 4:off + 4 + length])
         off += 4 + length + (-length % 4)
     return out
@@ -101,11 +103,20 @@ def _parse_options(raw: bytes) -> dict[int, bytes]:
 
 def read_pcapng(path: str) -> Iterator[Packet]:
     """Every Enhanced Packet Block of a little-endian pcap-ng file, with its interface's link
-    type. @raise ValueError on a file that is not pcap-ng as written here"""
+    type. @raise ValueError on any file that is not pcap-ng as written here (malformed,
+    truncated, other byte order or format)"""
     with open(path, "rb") as f:
         raw = f.read()
+    try:
+        yield from _parse(raw)
+    except (struct.error, IndexError) as exc:      # a field cut short: the one place
+        raise ValueError(f"malformed pcap-ng: {exc}") from None
+
+
+def _parse(raw: bytes) -> Iterator[Packet]:
     off = 0
     ifaces: list[tuple[int, int]] = []     # (linktype, ns per tick)
+    seen_shb = False
     while off < len(raw):
         if off + 12 > len(raw):
             raise ValueError("truncated block")
@@ -115,25 +126,38 @@ def read_pcapng(path: str) -> Iterator[Packet]:
         body = raw[off + 8:off + total - 4]
         if struct.unpack_from("<I", raw, off + total - 4)[0] != total:
             raise ValueError(f"block length mismatch at {off}")
+        if not seen_shb and btype != _SHB:
+            raise ValueError("not pcap-ng: no section header first")
         if btype == _SHB:
-            if struct.unpack_from("<I", body, 0)[0] != _BOM:
+            if len(body) < 16 or struct.unpack_from("<I", body, 0)[0] != _BOM:
                 raise ValueError("not a little-endian pcap-ng section")
+            seen_shb = True
             ifaces = []
         elif btype == _IDB:
+            if len(body) < 8:
+                raise ValueError("interface block too short")
             linktype = struct.unpack_from("<H", body, 0)[0]
             opts = _parse_options(body[8:])
-            res = opts.get(_IF_TSRESOL, b"\x06")[0]
-            if res & 0x80:
-                raise ValueError("binary timestamp resolution not supported")
-            ifaces.append((linktype, 10 ** (9 - res) if res <= 9 else 0))
+            tsresol = opts.get(_IF_TSRESOL, b"\x06")
+            if len(tsresol) != 1 or tsresol[0] > 9:
+                raise ValueError("timestamp resolution not supported")
+            ifaces.append((linktype, 10 ** (9 - tsresol[0])))
         elif btype == _EPB:
+            if len(body) < 20:
+                raise ValueError("packet block too short")
             iface, hi, lo, cap, orig = struct.unpack_from("<IIIII", body, 0)
             if iface >= len(ifaces):
                 raise ValueError("packet of an undeclared interface")
+            if 20 + cap > len(body):
+                raise ValueError("packet data runs past its block")
             linktype, scale = ifaces[iface]
             data = body[20:20 + cap]
             opts = _parse_options(body[20 + cap + (-cap % 4):])
-            flags = struct.unpack("<I", opts[_EPB_FLAGS])[0] if _EPB_FLAGS in opts else None
-            comment = opts[_OPT_COMMENT].decode("utf-8", "replace") if _OPT_COMMENT in opts else None
-            yield Packet(linktype, ((hi << 32) | lo) * scale, data, orig, flags, comment)
+            flags = opts.get(_EPB_FLAGS)
+            if flags is not None and len(flags) != 4:
+                raise ValueError("bad epb_flags option")
+            comment = opts.get(_OPT_COMMENT)
+            yield Packet(linktype, ((hi << 32) | lo) * scale, data, orig,
+                         struct.unpack("<I", flags)[0] if flags is not None else None,
+                         comment.decode("utf-8", "replace") if comment is not None else None)
         off += total

@@ -62,3 +62,33 @@ def test_tshark_reads_it(tmp_path):
     assert rows[0][1].startswith("1700000000.123456789") and rows[1][1].startswith(
         "1700000000.223456789")
     assert [row[2] for row in rows] == ["0", "1"]        # sent (to the INS), received
+
+
+def _read(raw: bytes):
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(raw)
+        f.flush()
+        return list(_pcap.read_pcapng(f.name))
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_read_or_valueerror(raw):
+    try:
+        _read(raw)
+    except ValueError:
+        pass
+
+
+@given(st.data())
+def test_a_damaged_file_reads_or_raises_valueerror(data):
+    buf = io.BytesIO()
+    w = _pcap.PcapNgWriter(buf, 147, name="x")
+    w.packet(5, b"abcdef", flags=_pcap.EPB_INBOUND, comment="c")
+    raw = bytearray(buf.getvalue())
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    try:
+        _read(bytes(raw[:cut]))
+    except ValueError:
+        pass
