@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "ins_priv.h"
+#include "mwcomms/fdlimit.h"
 
 #define DEFAULT_DNS_WORKERS 4u
 #define DEFAULT_MAX_BUF (64ull << 20)
@@ -774,6 +775,8 @@ static int pump_accept(struct ins_sock *s)
         int fd;
 
         fd = accept4(s->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            fd = mw_fd_high(fd);    /* the low fds stay for the daemon's Python side */
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
@@ -959,6 +962,7 @@ static int do_socket(struct ins_front *fe, const struct mw_req *req)
         ret = fd_errno(fe, "SOCKET");
         goto out;
     }
+    fd = mw_fd_high(fd);            /* the low fds stay for the daemon's Python side */
     s = sock_new(fe, req->sock, fd, b->type, b->family, &b->rings);
     if (!s) {
         ret = -ENOMEM;
@@ -1645,35 +1649,6 @@ static void wake(struct ins_engine *e)
     }
 }
 
-/* Every socket of every frontend holds one fd here: allow as many as the system lets us.
- * Raising the hard limit up to fs.nr_open needs CAP_SYS_RESOURCE (the INS runs as root);
- * without it the soft limit goes up to the hard one. */
-static void nofile_raise(struct ins_engine *e)
-{
-    struct rlimit rl;
-    unsigned long nr_open = 0;
-    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
-
-    if (f) {
-        if (fscanf(f, "%lu", &nr_open) != 1)
-            nr_open = 0;
-        fclose(f);
-    }
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        return;
-    if (nr_open > rl.rlim_max) {
-        struct rlimit up = { .rlim_cur = nr_open, .rlim_max = nr_open };
-
-        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
-            return;
-    }
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-            ins_log(e, "raising RLIMIT_NOFILE: %s", strerror(errno));
-    }
-}
-
 int ins_engine_create(const struct ins_config *cfg, struct ins_engine **out)
 {
     struct epoll_event ev = { .events = EPOLLIN };
@@ -1700,7 +1675,9 @@ int ins_engine_create(const struct ins_config *cfg, struct ins_engine **out)
      * byte rings are written to sockets with writev, which has no MSG_NOSIGNAL). */
     signal(SIGPIPE, SIG_IGN);
 
-    nofile_raise(e);
+    rc = mw_nofile_raise();         /* every socket of every frontend holds one fd here */
+    if (rc < 0)
+        ins_log(e, "raising RLIMIT_NOFILE: %s", strerror(-rc));
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
     e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     e->dns_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mwcomms/fdlimit.h"
 #include "fe_priv.h"
 #include "introspect.h"
 
@@ -434,8 +435,8 @@ static int sk_make_pair(struct mwfe *e, struct fe_sock *sk)
         close(sv[1]);
         return err;
     }
-    sk->src.fd = sv[0];
-    sk->x = sv[1];
+    sk->src.fd = mw_fd_high(sv[0]);  /* the low fds stay for the daemon's Python side */
+    sk->x = mw_fd_high(sv[1]);
     sk->x_dev = st.st_dev;
     sk->x_ino = st.st_ino;
     return 0;
@@ -1856,7 +1857,7 @@ static void do_connect(struct mwfe *e, struct fe_client *c, const struct mwl_hdr
         return reply_err(e, c, h->seq, h->op, -EINVAL);
     }
     idle_token_take(sk, *fd);
-    sk->nb_x = *fd;
+    sk->nb_x = mw_fd_high(*fd);
     *fd = -1;
     sk->filler = q->filler;
     sk->sndbuf = q->sndbuf;
@@ -2305,6 +2306,7 @@ static void client_accept(struct mwfe *e)
 
         if (fd < 0)
             return;
+        fd = mw_fd_high(fd);
         if (e->nclients >= e->cfg.max_clients ||
             getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
             !(c = calloc(1, sizeof(*c)))) {
@@ -2530,41 +2532,13 @@ int mwfe_run(struct mwfe *e)
     return 0;
 }
 
-/* Every forwarded socket holds one fd here (P): allow as many as the system lets us. Raising
- * the hard limit up to fs.nr_open needs CAP_SYS_RESOURCE (the daemons run as root); without
- * it the soft limit goes up to the hard one. */
-static void nofile_raise(void)
-{
-    struct rlimit rl;
-    unsigned long nr_open = 0;
-    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
-
-    if (f) {
-        if (fscanf(f, "%lu", &nr_open) != 1)
-            nr_open = 0;
-        fclose(f);
-    }
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-        return;
-    if (nr_open > rl.rlim_max) {
-        struct rlimit up = { .rlim_cur = nr_open, .rlim_max = nr_open };
-
-        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
-            return;
-    }
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-            fe_log("raising RLIMIT_NOFILE: %s", strerror(errno));
-    }
-}
-
 /* ---- public ------------------------------------------------------------------------------- */
 
 int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
 {
     struct mwfe *e = calloc(1, sizeof(*e));
     struct epoll_event ev;
+    int rc;
 
     if (!e)
         return -ENOMEM;
@@ -2588,7 +2562,9 @@ int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
         free(e);
         return -EINVAL;
     }
-    nofile_raise();
+    rc = mw_nofile_raise();          /* every forwarded socket holds one fd here (P) */
+    if (rc < 0)
+        fe_log("raising RLIMIT_NOFILE: %s", strerror(-rc));
     if (getrandom(&e->gen_base, sizeof(e->gen_base), GRND_NONBLOCK) != sizeof(e->gen_base))
         e->gen_base = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 16;
     e->listen.fd = e->ctl.fd = e->evsrc.fd = e->link_efd = e->ep = -1;

@@ -231,3 +231,107 @@ def test_listener_starved_by_the_ins_waits_quietly_and_recovers(ins_few_fds):
     for _, fd in socks[3:]:
         fd.close()
     c.close()
+
+
+MANY = 1100                         # past FD_SETSIZE (1024) in each daemon
+
+
+@pytest.fixture
+def many_fds(tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * MANY + 100:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}: this test holds {MANY} sockets")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield from _world(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _open_many(c):
+    socks = [c.socket() for _ in range(MANY)]
+    return socks
+
+
+def _connected_socket(w, c, lst):
+    h2, x2 = c.socket()
+    assert c.connect(h2, "127.0.0.1", lst.getsockname()[1]) == 0
+    p2, _ = lst.accept()
+    x2.sendall(b"again")
+    p2.settimeout(10)
+    assert p2.recv(10) == b"again"
+    x2.close(), p2.close()
+
+
+def test_ins_with_more_sockets_than_select_takes_attaches_another_frontend(many_fds):
+    """The INS's Python side opens a XenStore connection per new frontend (pyxs waits with
+    select(), fds below 1024 only) while its engine holds more than 1024 sockets of the
+    first one: the second frontend still connects and carries a socket."""
+    w = many_fds
+    lst = socket.create_server(("127.0.0.1", 0), backlog=16)
+    c = h.Local(w.control)
+    socks = _open_many(c)
+    front2 = h.INS + 1
+    xenbus.introduce(w.tool, front2)
+    fp2, bp2 = xenbus.attach(w.tool, front2, h.INS)
+    ctl2 = os.path.join(w.sockdir, "control2.sock")
+    mwd2 = w._spawn(["mwcomms.daemon", "--backend", "sim", "--sim-dir", w.simdir, "--domid",
+                     str(front2), "--ins-domid", str(h.INS), "--xenstore",
+                     w.xs.domain_socket(front2), "--socket", ctl2], str(w.tmp / "mwd2.log"))
+    try:
+        h._wait(lambda: w.state(fp2) == 4 and w.state(bp2) == 4, 30,
+                f"the second frontend connected\n{w.logs()}")
+        assert w.ins.poll() is None, w.logs()
+        c2 = h.Local(ctl2)
+        h._wait(lambda: _up(c2), 10, "the second frontend's engine attached")
+        _connected_socket(w, c2, lst)
+        _connected_socket(w, c, lst)
+        c2.close()
+    finally:
+        mwd2.kill()
+        mwd2.wait()
+    for _, fd in socks:
+        fd.close()
+    c.close()
+    lst.close()
+
+
+def _client(w):
+    """A control connection, once mwcommsd's listen backlog has room."""
+    for _ in range(200):
+        try:
+            return h.Local(w.control)
+        except BlockingIOError:
+            time.sleep(0.01)
+    raise AssertionError("mwcommsd never accepted another control connection")
+
+
+def _up(c):
+    ret, body, _ = c.call(h.HELLO, struct.pack("<II", 1, 0))
+    return ret == 0 and struct.unpack("<II", body)[1] & 0x100
+
+
+def test_mwcommsd_with_more_clients_than_select_takes_reconnects(many_fds):
+    """mwcommsd's Python side opens a XenStore connection when its INS dies (_lost) while
+    1000 programs keep their control connections: it still reports the loss and connects
+    again to the next INS."""
+    w = many_fds
+    lst = socket.create_server(("127.0.0.1", 0), backlog=16)
+    clients = [_client(w) for _ in range(1020)]      # mwcommsd takes up to 1024
+    assert all(_up(cl) for cl in clients)
+    print(f"\nmwcommsd holds {len(os.listdir(f'/proc/{w.mwd.pid}/fd'))} fds")
+    c = clients[0]
+    hh, x = c.socket()
+    w.ins.kill()
+    w.ins.wait()
+    x.sendall(b"into the void")
+    h._wait(lambda: b"INS gone" in (xenbus.read_opt(w.tool, f"{w.fp}/error") or b""), 20,
+            f"mwcommsd's error key\n{w.logs()}")
+    x.close()
+    w.start_ins()
+    w.wait_connected()
+    assert w.mwd.poll() is None, w.logs()
+    _connected_socket(w, c, lst)
+    for cl in clients:
+        cl.close()
+    lst.close()
