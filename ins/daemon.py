@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-socks", type=int, default=0, help="sockets per frontend")
     ap.add_argument("--max-buf-mb", type=int, default=0,
                     help="memory the INS may hold per frontend (unsent bytes of closed "
-                         "sockets), MiB")
+                         "sockets), MiB (default: the frontend's data area, at most 64)")
     ap.add_argument("--stats", help="write the engine's counters per device here as JSON, "
                                     "every second")
     ap.add_argument("-v", "--verbose", action="store_true")

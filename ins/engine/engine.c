@@ -1786,12 +1786,12 @@ int ins_engine_attach(struct ins_engine *e, uint32_t front_id, void *base, size_
     fe->max_socks = e->cfg.max_socks && e->cfg.max_socks < fe->area.nsocks ?
                     e->cfg.max_socks : fe->area.nsocks;
     /* By default a frontend may leave as many unsent bytes at close as its tx rings can hold
-     * at once (its data area, at least DEFAULT_MAX_BUF): a frontend that closes everything
-     * loses nothing, and the INS holds no more than the area it agreed to map. */
+     * at once (its data area), but no more than DEFAULT_MAX_BUF: the area's size is the
+     * frontend's choice (up to 1 GiB), the INS's memory is not (192 MB in its image). */
     fe->max_buf = e->cfg.max_buf_bytes;
     if (!fe->max_buf) {
         fe->max_buf = (uint64_t)geom->data_pages * MW_PAGE_SIZE;
-        if (fe->max_buf < DEFAULT_MAX_BUF)
+        if (fe->max_buf > DEFAULT_MAX_BUF)
             fe->max_buf = DEFAULT_MAX_BUF;
     }
     fe->dns_wait_tail = &fe->dns_wait;

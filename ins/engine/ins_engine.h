@@ -44,7 +44,7 @@ struct ins_config {
     uint64_t max_buf_bytes;    /* memory the INS holds for one frontend (unsent bytes of closed
                                 * sockets; kernel socket buffers are not counted): an ACCEPT
                                 * waits while its tx ring would not fit (0: the frontend's
-                                * data area, at least 64 MiB) */
+                                * data area, at most 64 MiB) */
 };
 
 struct ins_front_stats {

@@ -599,3 +599,30 @@ def test_accept_waits_while_closed_sockets_hold_the_budget(fronts):
         peer.close()
         lst.close()
         f.close()
+
+
+def test_default_budget_is_capped_whatever_the_area(fronts):
+    """The INS (192 MB of RAM in its image) holds at most 64 MiB of unsent bytes of closed
+    sockets per frontend by default, however large a data area the frontend chose: five
+    sockets closed with ~16 MiB each unsent on a 160 MiB area leave at most 64 MiB held, the
+    rest dropped."""
+    f = fronts(data_pages=(160 << 20) // 4096)
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)    # inherited: little room
+    lst.bind((LOOP, 0))
+    lst.listen(8)
+    peers, blob = [], bytes(range(256)) * (1 << 16)              # 16 MiB: one full tx ring
+    small = (4096).to_bytes(4, "little")
+    for n in range(5):
+        assert f.socket(n, order=24) == 0
+        assert f.call(codec.SetSockOpt(0, n, socket.SOL_SOCKET, socket.SO_SNDBUF, small)).ret == 0
+        assert f.call(codec.Connect(0, n, addr(*lst.getsockname()))).ret == 0
+        peers.append(lst.accept()[0])
+        f.write(n, blob[:(1 << 24) - (1 << 20)])
+        assert f.call(codec.Close(0, n)).ret == 0
+    held = f.engine.stats(f.handle)["buf_bytes"]
+    print(f"\n{held / (1 << 20):.1f} MiB held for closed sockets")
+    assert 3 * (14 << 20) <= held <= 64 << 20, held
+    for p in peers:
+        p.close()
+    lst.close()
