@@ -160,8 +160,8 @@ struct ins_engine {
     struct ins_orphan *dead_orphans;
     int next_handle;
     int64_t probe_at;          /* CLOCK_MONOTONIC ms of the next liveness kick */
-    long nofile_logged;
-    int trim_off;              /* idle rings cannot give their pages back here (Xen) */        /* CLOCK_MONOTONIC second of the last "out of fds" line */
+    long nofile_logged;        /* CLOCK_MONOTONIC second of the last "out of fds" line */
+    int trim_off;              /* idle rings cannot give their pages back here (Xen) */
     uint64_t next_serial;
     uint8_t scratch[MW_OOL_MAX + 64];   /* datagrams, socket options: the loop's only buffer */
     /* the resolver pool */

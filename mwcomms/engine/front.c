@@ -2363,6 +2363,14 @@ static void serve_ctl(struct mwfe *e)
     pthread_mutex_unlock(&e->lock);
 }
 
+/* Trim queue order: by page, then order (equal entries end up side by side). */
+static int trim_cmp(const void *a, const void *b)
+{
+    const struct fe_trim *x = a, *y = b;
+
+    return x->page != y->page ? (x->page < y->page ? -1 : 1) : (int)x->order - (int)y->order;
+}
+
 /*
  * Give back the memory of tx rings that went idle: a ring that carried bytes, has been empty
  * (the INS took everything) and got nothing new for a FE_PROBE_MS period has its pages
@@ -2371,13 +2379,6 @@ static void serve_ctl(struct mwfe *e)
  * produces them; we cannot know when it writes next): an idle connection costs no ring
  * memory, whatever it carried before.
  */
-static int trim_cmp(const void *a, const void *b)
-{
-    const struct fe_trim *x = a, *y = b;
-
-    return x->page != y->page ? (x->page < y->page ? -1 : 1) : (int)x->order - (int)y->order;
-}
-
 static void rings_trim(struct mwfe *e)
 {
     /* rings freed since the last sweep and still free, each once (a busy daemon frees the
