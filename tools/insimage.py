@@ -34,7 +34,8 @@ from mwcomms.tools._debimage import Cpio, Libs, SetupError
 __all__ = ["PACKAGES", "build", "main"]
 
 PACKAGES = ("linux-image-amd64", "busybox-static", "libc6", "python3.11-minimal",
-            "libpython3.11-minimal", "libpython3.11-stdlib", "libffi8", "zlib1g", "libexpat1")
+            "libpython3.11-minimal", "libpython3.11-stdlib", "libffi8", "zlib1g", "libexpat1",
+            "libbz2-1.0", "liblzma5")
 KERNEL_MODULES = ("xen/xen-evtchn", "xen/xen-gntalloc", "xen/xen-gntdev", "net/xen-netfront")
 NAME = "mwcomms-ins"
 # What `python3 -m mwcomms.ins.daemon` imports (runpy for -m; the INS module pulls in the
