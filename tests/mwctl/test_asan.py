@@ -13,47 +13,15 @@ import tempfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
-REPORTS = ("runtime error", "AddressSanitizer", "LeakSanitizer")
-
-
-def _runtime(name):
-    out = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True)
-    path = out.stdout.strip()
-    return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
 @pytest.mark.slow
-def test_introspection_under_sanitizers(tmp_path):
-    import mwcomms
-    asan, ubsan = _runtime("libasan.so"), _runtime("libubsan.so")
-    if shutil.which("gcc") is None or not asan or not ubsan:
-        pytest.skip("gcc with libasan and libubsan is needed")
-    src = tmp_path / "src"
-    for part in ("xen", "mwcomms", "ins"):
-        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    build = src / "mwcomms" / "_native_build.py"
-    text = build.read_text()
-    anchor = '"-fvisibility=hidden"]'
-    assert anchor in text, "the build script changed: update this test"
-    flags = ", ".join(f'"{f}"' for f in SAN)
-    build.write_text(text.replace(anchor, f'"-fvisibility=hidden", {flags}],\n'
-                                  '    extra_link_args=["-fsanitize=address,undefined"]'))
-    r = subprocess.run([sys.executable, "-c", "import runpy; runpy.run_path("
-                        "'mwcomms/_native_build.py')['ffibuilder'].compile(tmpdir='.')"],
-                       cwd=src, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    built = list((src / "mwcomms").glob("_native*.so"))
-    assert len(built) == 1
-    overlay = tmp_path / "pkg"
-    shutil.copytree(os.path.dirname(mwcomms.__file__), overlay / "mwcomms",
-                    ignore=shutil.ignore_patterns("_native*.so", "__pycache__"))
-    shutil.copy(built[0], overlay / "mwcomms")
+def test_introspection_under_sanitizers(tmp_path, sanitized_package):
     # run directories outside pytest's 0700 tree (the rights test acts as another user)
     runs = pathlib.Path(tempfile.mkdtemp(prefix="mwctl-asan-"))
     runs.chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": str(overlay), "PYTHONSAFEPATH": "1",
-           "MWCTL_TEST_DAEMON_PRELOAD": f"{asan} {ubsan}", "MWCTL_TEST_RUN_BASE": str(runs),
+    env = {**os.environ, "PYTHONPATH": sanitized_package.overlay, "PYTHONSAFEPATH": "1",
+           "MWCTL_TEST_DAEMON_PRELOAD": sanitized_package.preload, "MWCTL_TEST_RUN_BASE": str(runs),
            "ASAN_OPTIONS": "detect_leaks=0:verify_asan_link_order=0",
            "UBSAN_OPTIONS": "print_stacktrace=1"}
     env.pop("LD_PRELOAD", None)
@@ -69,5 +37,5 @@ def test_introspection_under_sanitizers(tmp_path):
     assert r.returncode == 0, r.stdout[-5000:]
     assert " passed" in r.stdout
     assert any(p.name == "mwcommsd.log" for p in logs), "the daemons left no logs"
-    bad = [text for text in logs.values() if any(m in text for m in REPORTS)]
+    bad = [text for text in logs.values() if any(m in text for m in sanitized_package.reports)]
     assert not bad, "\n".join(text[-3000:] for text in bad)
