@@ -5,7 +5,6 @@ the device to domain 3, and mwcommsd connects to the INS there without being res
 import importlib.util
 import json
 import os
-import shutil
 import signal
 
 import pytest
@@ -30,12 +29,7 @@ def world(tmp_path):
         try:
             yield w
         finally:
-            for p in (w.mwd, w.ins):
-                if p and p.poll() is None:
-                    p.kill()
-                    p.wait()
-            tool.close()
-            shutil.rmtree(w.sockdir, ignore_errors=True)
+            w.close()
 
 
 def _start_ins(w, domid):

@@ -121,6 +121,15 @@ class World:
         self.fp, self.bp = xenbus.attach(tool, FRONT, INS)
         self.ins = self.mwd = None
 
+    def close(self):
+        """Kill what is still running, close the toolstack's client, drop the sockets."""
+        for p in (self.mwd, self.ins):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+        self.tool.close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
     def _spawn(self, args, log):
         env = {**os.environ, "PYTHONSAFEPATH": "1"}
         with open(log + ".err", "ab") as err:        # the C engines log to stderr
@@ -188,12 +197,7 @@ def world(tmp_path):
         try:
             yield w
         finally:
-            for p in (w.mwd, w.ins):
-                if p and p.poll() is None:
-                    p.kill()
-                    p.wait()
-            tool.close()
-            shutil.rmtree(w.sockdir, ignore_errors=True)
+            w.close()
 
 
 @pytest.fixture

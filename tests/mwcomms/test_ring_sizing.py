@@ -10,7 +10,6 @@ import os
 import pathlib
 import resource
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -75,12 +74,7 @@ def _world(tmp_path, mwd_args=(), nofile=None):
             w.wait_connected()
             yield w
         finally:
-            for p in (w.mwd, w.ins):
-                if p and p.poll() is None:
-                    p.kill()
-                    p.wait()
-            tool.close()
-            shutil.rmtree(w.sockdir, ignore_errors=True)
+            w.close()
 
 
 @pytest.fixture
