@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from mwcomms._native import ffi, lib
-from mwcomms.xen._loop import LoopThread
+from mwcomms.xen._loop import LoopThread, spin_config
 from mwcomms.xen.connection import feature_bits as _feature_bits
 from mwcomms.xen.platform import check_errno
 
@@ -35,15 +35,18 @@ def feature_bits(features) -> int:
 class Engine:
     """One INS engine. log_fd: where C log lines go (-1: stderr); max_socks, max_buf_bytes:
     per-frontend limits (0: the defaults of ins_engine.h); max_buf_bytes bounds the memory the
-    INS holds for a frontend (not the kernel's socket buffers): ACCEPTs wait, never reset."""
+    INS holds for a frontend (not the kernel's socket buffers): ACCEPTs wait, never reset;
+    spin_us: microseconds the loop polls after work before it sleeps (None: MW_SPIN_US or 50;
+    0: never; xen/include/mwcomms/spin.h)."""
 
     def __init__(self, *, log_fd: int = -1, dns_workers: int = 0, max_socks: int = 0,
-                 max_buf_bytes: int = 0):
+                 max_buf_bytes: int = 0, spin_us: int | None = None):
         cfg = ffi.new("struct ins_config *")
         cfg.log_fd = log_fd
         cfg.dns_workers = dns_workers
         cfg.max_socks = max_socks
         cfg.max_buf_bytes = max_buf_bytes
+        cfg.spin_us = spin_config(spin_us)
         out = ffi.new("struct ins_engine **")
         check_errno(lib.ins_engine_create(cfg, out), "INS engine")
         self._ptr = out[0]

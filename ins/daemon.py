@@ -1,7 +1,7 @@
 """The INS daemon: one per INS domain, serving every frontend the toolstack attaches to it.
 
     python -m mwcomms.ins.daemon --backend sim --sim-dir D --domid 2 --xenstore SOCKET [--log F]
-                                 [--stats F] [--max-socks N] [--max-buf-mb N]
+                                 [--stats F] [--max-socks N] [--max-buf-mb N] [--spin-us N]
     python -m mwcomms.ins.daemon --backend xen   # on Xen: domid and XenStore found by itself
 
 It watches /local/domain/<ins>/backend/mwcomms/ for device directories (created by the
@@ -152,14 +152,15 @@ class InsDaemon:
     def __init__(self, plat: Platform, xs_path: str | None, domid: int, *,
                  limits: connection.Limits | None = None, log_fd: int = -1,
                  max_socks: int = 0, max_buf_bytes: int = 0, retry_delay: float = 1.0,
-                 stats_path: str | None = None):
+                 stats_path: str | None = None, spin_us: int | None = None):
         self.plat = plat
         self.stats_path = stats_path
         self.xs_path = xs_path
         self.domid = domid
         self.limits = limits or connection.Limits()
         self.retry_delay = retry_delay
-        self.engine = Engine(log_fd=log_fd, max_socks=max_socks, max_buf_bytes=max_buf_bytes)
+        self.engine = Engine(log_fd=log_fd, max_socks=max_socks, max_buf_bytes=max_buf_bytes,
+                             spin_us=spin_us)
         self.devices: dict[tuple[int, int], _Device] = {}
         self.root = f"/local/domain/{domid}/backend/mwcomms"
         self.imported_at = 0.0                  # process_age() when main() began
@@ -293,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "local xenstored, else /dev/xen/xenbus)")
     ap.add_argument("--log", help="log file (default: stderr)")
     ap.add_argument("--max-socks", type=int, default=0, help="sockets per frontend")
+    ap.add_argument("--spin-us", type=int, default=None,
+                    help="microseconds the engine keeps polling after work before it sleeps "
+                         "(default: $MW_SPIN_US, else 50; 0: never poll): a wake-up costs "
+                         "more than that on a small VM")
     ap.add_argument("--max-buf-mb", type=int, default=0,
                     help="memory the INS may hold per frontend (unsent bytes of closed "
                          "sockets), MiB (default: the frontend's data area, at most 64)")
@@ -300,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "every second")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.spin_us is not None and args.spin_us < 0:
+        ap.error(f"--spin-us {args.spin_us}: must be 0 (never poll) or more")
 
     level = logging.DEBUG if args.verbose else logging.INFO
     fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -333,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon = InsDaemon(plat, args.xenstore, domid, log_fd=log_fd,
                            max_socks=args.max_socks, max_buf_bytes=args.max_buf_mb << 20,
-                           stats_path=args.stats)
+                           stats_path=args.stats, spin_us=args.spin_us)
         daemon.imported_at = imported_at
         if serve(daemon.run, stop, "INS", log):
             return 1

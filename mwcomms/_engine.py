@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from mwcomms._native import ffi, lib
-from mwcomms.xen._loop import LoopThread
+from mwcomms.xen._loop import LoopThread, spin_config
 from mwcomms.xen.connection import feature_bits as _feature_bits
 from mwcomms.xen.platform import check_errno
 
@@ -35,13 +35,16 @@ def feature_bits(features) -> int:
 
 class Engine:
     """One mwcommsd engine. stream_order / dgram_order: log2 of each byte ring of a stream /
-    datagram socket (0: the defaults, 16 and 17); accept_max: ACCEPTs pre-posted per listener."""
+    datagram socket (0: the defaults, 18 and 17); accept_max: ACCEPTs pre-posted per listener;
+    spin_us: microseconds the loop polls after work before it sleeps (None: MW_SPIN_US or 50;
+    0: never; xen/include/mwcomms/spin.h)."""
 
     def __init__(self, *, stream_order: int = 0, dgram_order: int = 0, accept_max: int = 0,
-                 max_sockets: int = 0):
+                 max_sockets: int = 0, spin_us: int | None = None):
         cfg = ffi.new("struct mwfe_config *")
         cfg.stream_order, cfg.dgram_order = stream_order, dgram_order
         cfg.accept_max, cfg.max_sockets = accept_max, max_sockets
+        cfg.spin_us = spin_config(spin_us)
         out = ffi.new("struct mwfe **")
         check_errno(lib.mwfe_create(cfg, out), "mwcommsd engine")
         self._ptr = out[0]

@@ -155,6 +155,8 @@ def cmd_up(args) -> int:
     if args.backend != "sim":
         raise CliError("only --backend sim runs on one host; on Xen, start the INS image and "
                        "mwcommsd in their domains (docs/xen.md)", EXIT_USAGE)
+    if args.spin_us is not None and args.spin_us < 0:
+        raise CliError(f"--spin-us {args.spin_us}: must be 0 (never poll) or more", EXIT_USAGE)
     old = _read_state(run_dir)
     if old is not None:
         dead = _dead(old)
@@ -202,13 +204,16 @@ def cmd_up(args) -> int:
                     "--domid", str(INS), "--xenstore", xs.socket_path,
                     "--stats", state["stats"]["ins"]],
             # the sim's area is a sparse file: xen/area.py's default layout (32768 socket
-            # slots, 256 MiB of rings) costs nothing until used
+            # slots, 512 MiB of rings) costs nothing until used
             "mwcommsd": [py, "-m", "mwcomms.daemon", "--backend", "sim", "--sim-dir", sim_dir,
                          "--domid", str(FRONT), "--ins-domid", str(INS),
                          "--xenstore", xs.socket_path, "--socket", control,
                          "--stats", state["stats"]["mwcommsd"],
                          "--sock-slots", str(sock_slots), "--data-pages", str(data_pages)],
         }
+        if args.spin_us is not None:
+            for cmd in state["cmds"].values():
+                cmd += ["--spin-us", str(args.spin_us)]
         for name in ("ins", "mwcommsd"):
             procs[name] = _spawn(state["cmds"][name], os.path.join(logs, f"{name}.log"),
                                  netns if name == "ins" else None)
@@ -445,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="mwcommsd's socket slots (default: xen/area.py's, 32768)")
     up.add_argument("--data-pages", type=int,
                     help="pages of mwcommsd's data area, the byte rings (default: xen/area.py's, "
-                         "65536 = 256 MiB, a sparse file on sim)")
+                         "131072 = 512 MiB, a sparse file on sim)")
+    up.add_argument("--spin-us", type=int,
+                    help="microseconds mwcommsd and the INS keep polling after work before "
+                         "they sleep (default: $MW_SPIN_US, else 50; 0: never poll)")
     sub.add_parser("down", help="stop everything `up` started")
     run = sub.add_parser("run", help="run a program with its sockets in the INS")
     run.add_argument("--isolate", action="store_true",

@@ -271,10 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cmd-ring-pages", type=int, help="pages of the command ring")
     ap.add_argument("--evq-pages", type=int, help="pages of each event queue")
     ap.add_argument("--ring-order", type=int, default=0,
-                    help="log2 of each byte ring of a stream socket (default 16)")
+                    help="log2 of each byte ring of a stream socket (default 18)")
+    ap.add_argument("--spin-us", type=int, default=None,
+                    help="microseconds the engine keeps polling after work before it sleeps "
+                         "(default: $MW_SPIN_US, else 50; 0: never poll): a wake-up costs "
+                         "more than that on a small VM")
     ap.add_argument("--stats", help="write the engine's counters here (JSON, every second)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.spin_us is not None and args.spin_us < 0:
+        ap.error(f"--spin-us {args.spin_us}: must be 0 (never poll) or more")
 
     level = logging.DEBUG if args.verbose else logging.INFO
     fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -307,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                                      **given).check()
         daemon = FrontendDaemon(plat, args.xenstore, args.domid, args.ins_domid, args.socket,
                                 devid=args.devid, layout=layout,
-                                engine=Engine(stream_order=args.ring_order),
+                                engine=Engine(stream_order=args.ring_order,
+                                              spin_us=args.spin_us),
                                 stats_path=args.stats)
         if serve(daemon.run, stop, "mwcommsd", log):
             return 1

@@ -333,22 +333,56 @@ def run_hold(side: Side, p: Params) -> dict:
 _REDIS_PORT, _HTTP_PORT = 6390, 8090
 
 
-def run_redis(side: Side, p: Params) -> dict:
-    script = (f'redis-server --port {_REDIS_PORT} --bind 127.0.0.1 --save "" --appendonly no '
-              f'--protected-mode no --loglevel warning --daemonize no >/dev/null & pid=$!\n'
-              f'trap "kill $pid; wait $pid" EXIT\n'
-              f'"$0" wait --port {_REDIS_PORT} --seconds 30 || exit 1\n'
-              f'redis-benchmark -h 127.0.0.1 -p {_REDIS_PORT} -c 50 -n {p.redis_requests} '
-              f'-t set,get --csv\n')
-    out = side.run(["sh", "-c", script, side.mwload])
-    res = {}
-    for line in out.splitlines():
-        cols = [c.strip('"') for c in line.split('","')]
-        if len(cols) > 1 and cols[0] in ("SET", "GET"):
-            res[cols[0].lower() + "_per_s"] = float(cols[1])
-    if len(res) != 2:
-        raise BenchError(f"{side.name}: redis-benchmark printed no SET/GET rates: {out[-300:]}")
-    return dict(res, ops=2 * p.redis_requests)
+def _serve_and_load(side: Side, server: str, port: int, load: str, both: bool) -> str:
+    """Run the shell command @server, wait until it listens on @port, run the shell command
+    @load against it and return what @load printed; then stop the server.
+
+    Natively, and forwarded with @both, both are one script on @side (forwarded: both ends
+    under the shim, every request crosses the backbone twice). Forwarded without @both, the
+    server alone runs under the shim (the protected program) and the load generator natively
+    in the INS's network namespace, where it stands for the network: that is how a protected
+    server is used (its clients come from outside, through the INS), and each request crosses
+    the backbone once."""
+    wait = f'"$0" wait --port {port} --seconds 30 || exit 1\n'
+    if not side.daemons or both:
+        return side.run(["sh", "-c", f'{server} & pid=$!\ntrap "kill $pid; wait $pid" EXIT\n'
+                         f"{wait}{load}\n", side.mwload])
+    if not side.netns:
+        raise BenchError(f"{side.name}: the INS has no network namespace to load from")
+    srv = subprocess.Popen(side.cmd(["sh", "-c", f"exec {server}"]), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=side.env, start_new_session=True)
+    try:
+        gen = Side(side.name, ["ip", "netns", "exec", side.netns], side.env)
+        return gen.run(["sh", "-c", f"{wait}{load}\n", side.mwload])
+    finally:
+        try:
+            os.killpg(srv.pid, signal.SIGTERM)
+            srv.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(srv.pid, signal.SIGKILL)
+            srv.communicate()
+        except ProcessLookupError:
+            srv.communicate()
+
+
+def run_redis(both: bool) -> Callable[[Side, Params], dict]:
+    def run(side: Side, p: Params) -> dict:
+        server = (f'redis-server --port {_REDIS_PORT} --bind 127.0.0.1 --save "" '
+                  f'--appendonly no --protected-mode no --loglevel warning --daemonize no '
+                  f'>/dev/null')
+        load = (f'redis-benchmark -h 127.0.0.1 -p {_REDIS_PORT} -c 50 -n {p.redis_requests} '
+                f'-t set,get --csv')
+        out = _serve_and_load(side, server, _REDIS_PORT, load, both)
+        res = {}
+        for line in out.splitlines():
+            cols = [c.strip('"') for c in line.split('","')]
+            if len(cols) > 1 and cols[0] in ("SET", "GET"):
+                res[cols[0].lower() + "_per_s"] = float(cols[1])
+        if len(res) != 2:
+            raise BenchError(f"{side.name}: redis-benchmark printed no SET/GET rates: {out[-300:]}")
+        return dict(res, ops=2 * p.redis_requests)
+    return run
 
 
 _NGINX_CONF = """daemon off;
@@ -373,28 +407,29 @@ http {{
 """
 
 
-def run_http(side: Side, p: Params) -> dict:
-    d = tempfile.mkdtemp(prefix="mwbench-nginx", dir="/tmp")
-    try:
-        os.makedirs(os.path.join(d, "www"))
-        with open(os.path.join(d, "www", "index.html"), "w") as f:
-            f.write("<html><body>" + "mwcomms bench " * 70 + "</body></html>\n")    # ~1 KiB
-        with open(os.path.join(d, "nginx.conf"), "w") as f:
-            f.write(_NGINX_CONF.format(d=d, port=_HTTP_PORT))
-        script = (f'nginx -p {d} -c {d}/nginx.conf -e {d}/error.log & pid=$!\n'
-                  f'trap "kill $pid; wait $pid" EXIT\n'
-                  f'"$0" wait --port {_HTTP_PORT} --seconds 30 || exit 1\n'
-                  f'wrk -t 1 -c 16 -d {max(1, round(p.http_seconds))}s http://127.0.0.1:{_HTTP_PORT}/index.html\n')
-        out = side.run(["sh", "-c", script, side.mwload])
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    requests = None
-    for line in out.splitlines():
-        if " requests in " in line:
-            requests = int(line.split()[0])
-        if line.startswith("Requests/sec:"):
-            return {"req_per_s": float(line.split()[1]), "ops": requests}
-    raise BenchError(f"{side.name}: wrk printed no rate: {out[-300:]}")
+def run_http(both: bool) -> Callable[[Side, Params], dict]:
+    def run(side: Side, p: Params) -> dict:
+        d = tempfile.mkdtemp(prefix="mwbench-nginx", dir="/tmp")
+        try:
+            os.makedirs(os.path.join(d, "www"))
+            with open(os.path.join(d, "www", "index.html"), "w") as f:
+                f.write("<html><body>" + "mwcomms bench " * 70 + "</body></html>\n")  # ~1 KiB
+            with open(os.path.join(d, "nginx.conf"), "w") as f:
+                f.write(_NGINX_CONF.format(d=d, port=_HTTP_PORT))
+            out = _serve_and_load(
+                side, f"nginx -p {d} -c {d}/nginx.conf -e {d}/error.log", _HTTP_PORT,
+                f"wrk -t 1 -c 16 -d {max(1, round(p.http_seconds))}s "
+                f"http://127.0.0.1:{_HTTP_PORT}/index.html", both)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        requests = None
+        for line in out.splitlines():
+            if " requests in " in line:
+                requests = int(line.split()[0])
+            if line.startswith("Requests/sec:"):
+                return {"req_per_s": float(line.split()[1]), "ops": requests}
+        raise BenchError(f"{side.name}: wrk printed no rate: {out[-300:]}")
+    return run
 
 
 CASES = [
@@ -417,9 +452,17 @@ CASES = [
     Case("redis", [
         Metric("redis_set", "redis-benchmark SET", "req/s", "set_per_s", "higher", WORKLOAD),
         Metric("redis_get", "redis-benchmark GET", "req/s", "get_per_s", "higher", WORKLOAD)],
-        run_redis, op="request", needs=["redis-server", "redis-benchmark"]),
+        run_redis(both=False), op="request", needs=["redis-server", "redis-benchmark"]),
     Case("http", [Metric("http", "wrk against nginx, 1 KiB page", "req/s", "req_per_s", "higher",
-                         WORKLOAD)], run_http, op="request", needs=["nginx", "wrk"]),
+                         WORKLOAD)], run_http(both=False), op="request", needs=["nginx", "wrk"]),
+    # the same with both ends under the shim: no target (the issue's targets are for a program
+    # and its network; this is two protected programs talking through the INS)
+    Case("redis2", [
+        Metric("redis2_set", "redis SET, both ends forwarded", "req/s", "set_per_s", "higher"),
+        Metric("redis2_get", "redis GET, both ends forwarded", "req/s", "get_per_s", "higher")],
+        run_redis(both=True), op="request", needs=["redis-server", "redis-benchmark"]),
+    Case("http2", [Metric("http2", "wrk/nginx, both ends forwarded", "req/s", "req_per_s",
+                          "higher")], run_http(both=True), op="request", needs=["nginx", "wrk"]),
 ]
 
 

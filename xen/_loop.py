@@ -3,7 +3,7 @@
 `LoopThread` runs an engine's blocking C loop in a thread (cffi releases the GIL for the call)
 and stops it through the engine's own stop function. `serve` runs a daemon's control loop in a
 thread, so that the main thread stays free to receive SIGTERM/SIGINT, and turns a failure of
-that loop into exit status 1.
+that loop into exit status 1. `spin_config` turns a poll budget into an engine config value.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Callable
 
-__all__ = ["LoopThread", "serve"]
+__all__ = ["LoopThread", "serve", "spin_config", "SPIN_OFF"]
 
 
 class LoopThread:
@@ -61,3 +61,16 @@ def serve(run: Callable[[threading.Event], None], stop: threading.Event, name: s
     while runner.is_alive():
         runner.join(0.5)
     return 1 if failed else 0
+
+
+SPIN_OFF = 0xFFFFFFFF    # an engine config's spin_us that turns polling off (mwcomms/spin.h)
+
+
+def spin_config(spin_us: int | None) -> int:
+    """An engine config's spin_us for a poll budget in microseconds: None takes the engine's
+    default (MW_SPIN_US, else 50), 0 never polls. Raises ValueError for a negative budget."""
+    if spin_us is None:
+        return 0
+    if spin_us < 0:
+        raise ValueError(f"spin budget {spin_us} us: must be >= 0")
+    return SPIN_OFF if spin_us == 0 else spin_us

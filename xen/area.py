@@ -46,9 +46,9 @@ class AreaLayout:
 
     The defaults are sized for the sim backend, where an area page is an untouched page of a
     sparse file until a side writes it, so a large area costs nothing while unused: 512
-    command slots, 4096 events per queue, 32768 socket slots and a 256 MiB data area (with
-    mwcommsd's ring sizing, docs/protocol.md 4: 1345 sockets with 64 KiB rings each way, then
-    ~9,000 more with smaller ones). That is 66,609 pages, within what an INS accepts by
+    command slots, 4096 events per queue, 32768 socket slots and a 512 MiB data area (with
+    mwcommsd's ring sizing, docs/protocol.md 4: 673 sockets with 256 KiB rings each way, then
+    ~17,000 more with smaller ones). That is 132,145 pages, within what an INS accepts by
     default (connection.Limits). On Xen every page is a grant (gntalloc allows 1024 pages per
     domain unless raised): pass a smaller layout.
     """
@@ -56,7 +56,7 @@ class AreaLayout:
     cmd_ring_pages: int = 16
     evq_pages: int = 16
     sock_slots: int = 32768
-    data_pages: int = 65536
+    data_pages: int = 131072
 
     def check(self, max_area_pages: int | None = None,
               max_sock_slots: int | None = None) -> "AreaLayout":

@@ -39,7 +39,7 @@ class NegotiationError(OSError):
 class Limits:
     """What an INS accepts from one frontend."""
 
-    max_area_pages: int = 1 + 16 + 2 * 64 + 2048 + (1 << 16)
+    max_area_pages: int = 1 + 16 + 2 * 64 + 2048 + (1 << 17)
     max_sock_slots: int = 65536
 
 

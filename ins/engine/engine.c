@@ -37,6 +37,7 @@
 
 #include "ins_priv.h"
 #include "mwcomms/fdlimit.h"
+#include "mwcomms/spin.h"
 
 #define DEFAULT_DNS_WORKERS 4u
 #define DEFAULT_MAX_BUF (64ull << 20)
@@ -1965,6 +1966,7 @@ int ins_engine_run(struct ins_engine *e)
 {
     struct epoll_event evs[EPOLL_BATCH];
     struct ins_front *fe;
+    uint64_t spin_ns = (uint64_t)mw_spin_budget_us(e->cfg.spin_us) * 1000u, spin_until = 0;
     int n, rc = 0;
 
     pthread_mutex_lock(&e->lock);
@@ -1990,7 +1992,9 @@ int ins_engine_run(struct ins_engine *e)
         free_dead(e);
         pthread_mutex_unlock(&e->lock);
 
-        n = epoll_wait(e->epfd, evs, EPOLL_BATCH, timeout);
+        n = mw_epoll_spin(e->epfd, evs, EPOLL_BATCH, timeout, spin_until);
+        if (n > 0 && spin_ns)
+            spin_until = mw_now_ns() + spin_ns;
 
         pthread_mutex_lock(&e->lock);
         if (n < 0) {

@@ -45,6 +45,8 @@ struct ins_config {
                                 * sockets; kernel socket buffers are not counted): an ACCEPT
                                 * waits while its tx ring would not fit (0: the frontend's
                                 * data area, at most 64 MiB) */
+    uint32_t spin_us;          /* poll this long after work before sleeping (0: MW_SPIN_US or
+                                * 50; UINT32_MAX: never poll): mwcomms/spin.h */
 };
 
 struct ins_front_stats {

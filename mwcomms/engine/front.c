@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "mwcomms/fdlimit.h"
+#include "mwcomms/spin.h"
 #include "fe_priv.h"
 #include "introspect.h"
 
@@ -279,8 +280,9 @@ static void short_log(struct mwfe *e, int refused, const char *fmt, ...)
  * that finds a free slot never gets ENOBUFS because of earlier sockets' rings); of the rest,
  * the "room", a socket gets `order` while at least 1/8 of it is free, half as much each time
  * the free part halves below that, down to MW_RING_ORDER_MIN, and never more than fits.
- * With 32768 slots, a 256 MiB area gives 1345 sockets 64 KiB rings each way, ~570 more 32 to
- * 8 KiB and ~8600 more 4 KiB; a 1 GiB area 5735 sockets 64 KiB, then rings for every slot.
+ * With 32768 slots and 256 KiB rings (order 18), a 512 MiB area gives 673 sockets 256 KiB
+ * rings each way, ~475 more 128 to 8 KiB and ~16,500 more 4 KiB; a 1 GiB area 1366 sockets
+ * 256 KiB, then rings for every slot.
  */
 static uint8_t ring_order_for(const struct mwfe *e, uint8_t order)
 {
@@ -2433,6 +2435,7 @@ static void ins_probe(struct mwfe *e)
 int mwfe_run(struct mwfe *e)
 {
     struct epoll_event evs[64];
+    uint64_t spin_ns = (uint64_t)mw_spin_budget_us(e->cfg.spin_us) * 1000u, spin_until = 0;
 
     pthread_mutex_lock(&e->lock);
     if (e->running) {
@@ -2463,9 +2466,11 @@ int mwfe_run(struct mwfe *e)
             do_detach(e, 1);
             continue;
         }
-        n = epoll_wait(e->ep, evs, 64, timeout);
+        n = mw_epoll_spin(e->ep, evs, 64, timeout, spin_until);
         if (n < 0 && errno != EINTR)
             break;
+        if (n > 0 && spin_ns)
+            spin_until = mw_now_ns() + spin_ns;
         for (int i = 0; i < n; i++) {
             struct fe_src *src = evs[i].data.ptr;
             uint32_t ev = evs[i].events;
@@ -2546,7 +2551,7 @@ int mwfe_create(const struct mwfe_config *cfg, struct mwfe **out)
     if (cfg)
         e->cfg = *cfg;
     if (!e->cfg.stream_order)
-        e->cfg.stream_order = 16;
+        e->cfg.stream_order = 18;
     if (!e->cfg.dgram_order)
         e->cfg.dgram_order = 17;
     if (!e->cfg.accept_max)

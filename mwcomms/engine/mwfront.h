@@ -35,12 +35,14 @@
 struct mwfe;
 
 struct mwfe_config {
-    uint8_t stream_order;  /* log2 of each byte ring of a stream socket (0: 16, 64 KiB) */
+    uint8_t stream_order;  /* log2 of each byte ring of a stream socket (0: 18, 256 KiB) */
     uint8_t dgram_order;   /* datagram sockets (0: 17, so that any datagram fits) */
     uint16_t accept_max;   /* most ACCEPTs pre-posted per listener (0: 8) */
     uint32_t max_clients;  /* shim connections at once (0: 1024) */
     uint32_t max_sockets;  /* forwarded sockets at once, this side (0: 65536) */
     uint32_t max_zombies;  /* dead sockets remembered for STATUS until CLOSE (0: 1024) */
+    uint32_t spin_us;      /* poll this long after work before sleeping (0: MW_SPIN_US or
+                            * 50; UINT32_MAX: never poll): mwcomms/spin.h */
 };
 
 struct mwfe_stats {

@@ -40,6 +40,12 @@ def test_xen_backend_is_not_started_on_one_host(tmp_path):
     assert r.returncode == 2 and "docs/xen.md" in r.stderr
 
 
+def test_negative_spin_budget_is_a_usage_error(tmp_path):
+    r = mwcomms("up", "--spin-us", "-5", run_dir=tmp_path)
+    assert r.returncode == 2 and "--spin-us -5" in r.stderr
+    assert not (tmp_path / "state.json").exists()      # nothing was started
+
+
 def test_run_is_the_program_itself(tmp_path):
     """`mwcomms run` execs the program: same pid for signals, its exit status."""
     import json

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from mwcomms.xen._loop import LoopThread, serve
+from mwcomms.xen._loop import SPIN_OFF, LoopThread, serve, spin_config
 
 
 def test_loop_thread_runs_until_stopped_and_reports_failure():
@@ -45,3 +45,12 @@ def test_serve_returns_0_after_stop_and_1_after_a_crash(caplog):
     with caplog.at_level(logging.ERROR):
         assert serve(crash, threading.Event(), "x", logging.getLogger("t")) == 1
     assert "boom" in caplog.text
+
+
+def test_spin_config_maps_a_budget_to_the_engines_value():
+    """None: the engine's default (0 in its config); 0 us: never poll; negative: refused."""
+    assert spin_config(None) == 0
+    assert spin_config(0) == SPIN_OFF
+    assert spin_config(75) == 75
+    with pytest.raises(ValueError, match="spin budget -1"):
+        spin_config(-1)
