@@ -556,6 +556,26 @@ class LoadSampler:
                 "end": list(os.getloadavg())}
 
 
+class Hogs:
+    """`n` CPU-bound processes for the bench's lifetime (--hog): the machine under contention,
+    the same for both sides. Each is a shell busy loop in its own session, killed at the end."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Hogs":
+        for _ in range(self.n):
+            self.procs.append(subprocess.Popen(["sh", "-c", "while :; do :; done"],
+                                               stdin=subprocess.DEVNULL, start_new_session=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
 def ring_reference(env: dict, round_trips: int) -> dict:
     """What one shared-memory ring costs on this machine now, without sockets: the link probe
     of `make demo` (a frontend and an INS process over the sim platform), one PING at a time
@@ -688,6 +708,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of: " + ",".join(c.name for c in CASES))
     ap.add_argument("--out", default="build/bench", help="where results.json and results.png go")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    ap.add_argument("--hog", type=int, default=0, metavar="N",
+                    help="run N CPU-bound busy loops for the whole run: both sides measured on "
+                         "a machine under contention (default 0)")
     args = ap.parse_args(argv)
 
     p = Params.smoke() if args.smoke else Params.quick() if args.quick else Params()
@@ -695,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
         p.repeats = args.repeats
     if args.conns:
         p.conns = args.conns
+    if args.hog < 0:
+        ap.error(f"--hog {args.hog}: must be 0 or more")
     wanted = [c.strip() for c in args.cases.split(",")] if args.cases != "all" else [c.name for c in CASES]
     unknown = set(wanted) - {c.name for c in CASES}
     if unknown:
@@ -712,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     rows: list[dict] = []
     reference = ring_reference(env, max(1000, p.rr_count // 2))
-    with LoadSampler() as load, Backbone(env, nofile=4 * p.conns + 4096) as bb:
+    with Hogs(args.hog), LoadSampler() as load, Backbone(env, nofile=4 * p.conns + 4096) as bb:
         sides = [native_side(env), forwarded_side(bb.dir, env)]
         for s in sides:
             s.mwload = mwload
@@ -751,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
               "revision": source_revision(),
               "seconds": time.time() - started, "mode": "smoke" if args.smoke else
               "quick" if args.quick else "full", "backend": "sim", "repeats": p.repeats,
+              "hogs": args.hog,
               "params": p.__dict__, "cases": rows}
     path = os.path.join(args.out, "results.json")
     with open(path, "w") as f:

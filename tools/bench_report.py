@@ -55,6 +55,7 @@ def table(result: dict) -> str:
     head = (f"machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}; load average "
             f"during the run {load['min']:.2f}..{load['max']:.2f} (median {load['median']:.2f}); "
             f"{result['repeats']} repeats per side, {result['mode']} mode, {result['backend']} backend"
+            + (f", {result['hogs']} CPU-bound busy loops running (--hog)" if result.get("hogs") else "")
             + (f", tree {result['revision']}" if result.get("revision") else ""))
     cols = ("case", "unit", "native", "forwarded", "fwd/nat", "target")
     lines = []

@@ -113,3 +113,10 @@ def test_profile_parses_perf_trace_summary():
     lines = bench_profile._show("x", got["python"], 100)
     assert lines[0] == "  x: 191.6 system calls per operation"
     assert "epoll_wait" in lines[1] and "(0.11 failed)" in lines[2]
+
+
+def test_hogs_run_for_the_bench_and_are_gone_after():
+    """--hog N: N busy loops while the bench runs, none left behind."""
+    with bench.Hogs(2) as hogs:
+        assert len(hogs.procs) == 2 and all(p.poll() is None for p in hogs.procs)
+    assert all(p.returncode is not None for p in hogs.procs)
