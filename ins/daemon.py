@@ -32,7 +32,7 @@ import time
 
 import pyxs
 
-from mwcomms.xen._loop import serve
+from mwcomms.xen._loop import SPIN_US_MAX, serve
 from mwcomms.xen import connection, xenbus
 from mwcomms.xen.platform import Platform
 from mwcomms.xen.xenbus import BackendDriver, XenbusState
@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-socks", type=int, default=0, help="sockets per frontend")
     ap.add_argument("--spin-us", type=int, default=None,
                     help="microseconds the engine keeps polling after work before it sleeps "
-                         "(default: $MW_SPIN_US, else 50; 0: never poll): a wake-up costs "
-                         "more than that on a small VM")
+                         "(default: $MW_SPIN_US, else 50; 0: never poll; at most 1000; not while "
+                         "the machine has more runnable tasks than CPUs): a wake-up costs more "
+                         "than that on a small VM")
     ap.add_argument("--max-buf-mb", type=int, default=0,
                     help="memory the INS may hold per frontend (unsent bytes of closed "
                          "sockets), MiB (default: the frontend's data area, at most 64)")
@@ -305,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "every second")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    if args.spin_us is not None and args.spin_us < 0:
-        ap.error(f"--spin-us {args.spin_us}: must be 0 (never poll) or more")
+    if args.spin_us is not None and not 0 <= args.spin_us <= SPIN_US_MAX:
+        ap.error(f"--spin-us {args.spin_us}: must be 0 (never poll) to {SPIN_US_MAX}")
 
     level = logging.DEBUG if args.verbose else logging.INFO
     fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"

@@ -155,8 +155,8 @@ def cmd_up(args) -> int:
     if args.backend != "sim":
         raise CliError("only --backend sim runs on one host; on Xen, start the INS image and "
                        "mwcommsd in their domains (docs/xen.md)", EXIT_USAGE)
-    if args.spin_us is not None and args.spin_us < 0:
-        raise CliError(f"--spin-us {args.spin_us}: must be 0 (never poll) or more", EXIT_USAGE)
+    if args.spin_us is not None and not 0 <= args.spin_us <= 1000:
+        raise CliError(f"--spin-us {args.spin_us}: must be 0 (never poll) to 1000", EXIT_USAGE)
     old = _read_state(run_dir)
     if old is not None:
         dead = _dead(old)
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                          "131072 = 512 MiB, a sparse file on sim)")
     up.add_argument("--spin-us", type=int,
                     help="microseconds mwcommsd and the INS keep polling after work before "
-                         "they sleep (default: $MW_SPIN_US, else 50; 0: never poll)")
+                         "they sleep (default: $MW_SPIN_US, else 50; 0: never poll; at most 1000)")
     sub.add_parser("down", help="stop everything `up` started")
     run = sub.add_parser("run", help="run a program with its sockets in the INS")
     run.add_argument("--isolate", action="store_true",

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 
-from mwcomms.xen._loop import serve
+from mwcomms.xen._loop import SPIN_US_MAX, serve
 from mwcomms.xen import area, connection, xenbus
 from mwcomms.xen.platform import Platform
 from mwcomms.xen.xenbus import FrontendDriver, XenbusState
@@ -274,13 +274,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="log2 of each byte ring of a stream socket (default 18)")
     ap.add_argument("--spin-us", type=int, default=None,
                     help="microseconds the engine keeps polling after work before it sleeps "
-                         "(default: $MW_SPIN_US, else 50; 0: never poll): a wake-up costs "
-                         "more than that on a small VM")
+                         "(default: $MW_SPIN_US, else 50; 0: never poll; at most 1000; not while "
+                         "the machine has more runnable tasks than CPUs): a wake-up costs more "
+                         "than that on a small VM")
     ap.add_argument("--stats", help="write the engine's counters here (JSON, every second)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    if args.spin_us is not None and args.spin_us < 0:
-        ap.error(f"--spin-us {args.spin_us}: must be 0 (never poll) or more")
+    if args.spin_us is not None and not 0 <= args.spin_us <= SPIN_US_MAX:
+        ap.error(f"--spin-us {args.spin_us}: must be 0 (never poll) to {SPIN_US_MAX}")
 
     level = logging.DEBUG if args.verbose else logging.INFO
     fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"

@@ -347,23 +347,29 @@ def _serve_and_load(side: Side, server: str, port: int, load: str, both: bool) -
     if not side.daemons or both:
         return side.run(["sh", "-c", f'{server} & pid=$!\ntrap "kill $pid; wait $pid" EXIT\n'
                          f"{wait}{load}\n", side.mwload])
-    if not side.netns:
-        raise BenchError(f"{side.name}: the INS has no network namespace to load from")
     srv = subprocess.Popen(side.cmd(["sh", "-c", f"exec {server}"]), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=side.env, start_new_session=True)
     try:
-        gen = Side(side.name, ["ip", "netns", "exec", side.netns], side.env)
-        return gen.run(["sh", "-c", f"{wait}{load}\n", side.mwload])
-    finally:
+        # the INS's namespace; without one (no root, no ip) the INS shares the host's
+        gen = Side(side.name, ["ip", "netns", "exec", side.netns] if side.netns else [], side.env)
         try:
-            os.killpg(srv.pid, signal.SIGTERM)
-            srv.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(srv.pid, signal.SIGKILL)
-            srv.communicate()
-        except ProcessLookupError:
-            srv.communicate()
+            return gen.run(["sh", "-c", f"{wait}{load}\n", side.mwload])
+        except BenchError as exc:
+            if srv.poll() is not None:
+                raise BenchError(f"{exc} (the server exited {srv.returncode})") from None
+            raise
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(srv.pid, sig)
+                srv.wait(timeout=30)
+                break
+            except ProcessLookupError:
+                srv.wait()
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def run_redis(both: bool) -> Callable[[Side, Params], dict]:

@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Callable
 
-__all__ = ["LoopThread", "serve", "spin_config", "SPIN_OFF"]
+__all__ = ["LoopThread", "serve", "spin_config", "SPIN_OFF", "SPIN_US_MAX"]
 
 
 class LoopThread:
@@ -64,13 +64,14 @@ def serve(run: Callable[[threading.Event], None], stop: threading.Event, name: s
 
 
 SPIN_OFF = 0xFFFFFFFF    # an engine config's spin_us that turns polling off (mwcomms/spin.h)
+SPIN_US_MAX = 1000       # MW_SPIN_US_MAX of mwcomms/spin.h
 
 
 def spin_config(spin_us: int | None) -> int:
     """An engine config's spin_us for a poll budget in microseconds: None takes the engine's
-    default (MW_SPIN_US, else 50), 0 never polls. Raises ValueError for a negative budget."""
+    default (MW_SPIN_US, else 50), 0 never polls. Raises ValueError outside 0..SPIN_US_MAX."""
     if spin_us is None:
         return 0
-    if spin_us < 0:
-        raise ValueError(f"spin budget {spin_us} us: must be >= 0")
+    if not 0 <= spin_us <= SPIN_US_MAX:
+        raise ValueError(f"spin budget {spin_us} us: must be 0 (never poll) to {SPIN_US_MAX}")
     return SPIN_OFF if spin_us == 0 else spin_us

@@ -1966,8 +1966,8 @@ int ins_engine_run(struct ins_engine *e)
 {
     struct epoll_event evs[EPOLL_BATCH];
     struct ins_front *fe;
-    uint64_t spin_ns = (uint64_t)mw_spin_budget_us(e->cfg.spin_us) * 1000u, spin_until = 0;
-    int n, rc = 0;
+    struct mw_spin spin;
+    int n, rc = 0, worked = 0;
 
     pthread_mutex_lock(&e->lock);
     if (e->running) {
@@ -1975,6 +1975,7 @@ int ins_engine_run(struct ins_engine *e)
         return -EBUSY;
     }
     e->running = 1;
+    mw_spin_init(&spin, e->cfg.spin_us);
     /* every attached frontend once: requests may have come before the loop ran */
     for (fe = e->fronts; fe; fe = fe->next)
         front_service(fe);
@@ -1992,9 +1993,10 @@ int ins_engine_run(struct ins_engine *e)
         free_dead(e);
         pthread_mutex_unlock(&e->lock);
 
-        n = mw_epoll_spin(e->epfd, evs, EPOLL_BATCH, timeout, spin_until);
-        if (n > 0 && spin_ns)
-            spin_until = mw_now_ns() + spin_ns;
+        if (worked)
+            mw_spin_worked(&spin);     /* the budget starts once the work is done */
+        n = mw_epoll_spin(&spin, e->epfd, evs, EPOLL_BATCH, timeout);
+        worked = n > 0 || timeout == 0;
 
         pthread_mutex_lock(&e->lock);
         if (n < 0) {

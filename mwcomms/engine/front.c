@@ -2435,7 +2435,8 @@ static void ins_probe(struct mwfe *e)
 int mwfe_run(struct mwfe *e)
 {
     struct epoll_event evs[64];
-    uint64_t spin_ns = (uint64_t)mw_spin_budget_us(e->cfg.spin_us) * 1000u, spin_until = 0;
+    struct mw_spin spin;
+    int worked = 0;
 
     pthread_mutex_lock(&e->lock);
     if (e->running) {
@@ -2444,6 +2445,7 @@ int mwfe_run(struct mwfe *e)
     }
     e->running = 1;
     pthread_mutex_unlock(&e->lock);
+    mw_spin_init(&spin, e->cfg.spin_us);
 
     while (!__atomic_load_n(&e->stopping, __ATOMIC_ACQUIRE)) {
         int timeout = -1, n;
@@ -2466,11 +2468,12 @@ int mwfe_run(struct mwfe *e)
             do_detach(e, 1);
             continue;
         }
-        n = mw_epoll_spin(e->ep, evs, 64, timeout, spin_until);
+        if (worked)
+            mw_spin_worked(&spin);     /* the budget starts once the work is done */
+        n = mw_epoll_spin(&spin, e->ep, evs, 64, timeout);
         if (n < 0 && errno != EINTR)
             break;
-        if (n > 0 && spin_ns)
-            spin_until = mw_now_ns() + spin_ns;
+        worked = n > 0 || timeout == 0;
         for (int i = 0; i < n; i++) {
             struct fe_src *src = evs[i].data.ptr;
             uint32_t ev = evs[i].events;

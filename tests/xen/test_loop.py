@@ -54,3 +54,5 @@ def test_spin_config_maps_a_budget_to_the_engines_value():
     assert spin_config(75) == 75
     with pytest.raises(ValueError, match="spin budget -1"):
         spin_config(-1)
+    with pytest.raises(ValueError, match="spin budget 1001"):
+        spin_config(1001)

@@ -153,3 +153,19 @@ def test_doorbell_rtt(build, tmp_path, capsys):
         print("\n" + "\n".join(lines))
     rtt_us = float(lines[0].split("doorbell_rtt_us=")[1].split()[0])
     assert 0 < rtt_us < 1000, lines
+
+
+def test_spin_unit(tmp_path):
+    """The engines' poll-before-sleep helper (xen/include/mwcomms/spin.h), under ASan/UBSan."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    exe = tmp_path / "spin_unit"
+    cmd = ["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", *SANITIZE,
+           "-I", str(ROOT / "xen" / "include"), str(ROOT / "tests" / "c" / "spin_unit.c"),
+           "-lpthread", "-o", str(exe)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
+    p = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, **SAN_ENV})
+    assert "SPIN FAIL" not in p.stdout and "SPIN RESULT: PASS" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "runtime error" not in p.stderr, p.stderr
