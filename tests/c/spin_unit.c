@@ -1,13 +1,16 @@
 /*
  * xen/include/mwcomms/spin.h: the poll budget from configuration and MW_SPIN_US, and
  * mw_epoll_spin returning an event that arrives while it polls, sleeping once the budget is
- * over, and not polling at all without a budget.
+ * over or once another task wants the CPU, and not polling at all without a budget.
  *
  * Prints "SPIN FAIL <what>" per failure and "SPIN RESULT: PASS" at the end.
  */
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "mwcomms/spin.h"
 
@@ -22,6 +25,15 @@ static uint32_t budget_with_env(const char *v, uint32_t configured)
     else
         unsetenv("MW_SPIN_US");
     return mw_spin_budget_us(configured);
+}
+
+static int stop_busy;
+
+static void *busy(void *arg)
+{
+    while (!__atomic_load_n(&stop_busy, __ATOMIC_ACQUIRE))
+        ;
+    return arg;
 }
 
 static void *write_later(void *arg)
@@ -63,9 +75,8 @@ int main(void)
 
     /* an event that comes while polling is returned by the poll */
     mw_spin_init(&s, MW_SPIN_US_MAX);
-    s.busy = 0;
-    s.checked_ns = mw_now_ns();       /* as if the machine had just been found idle */
-    s.until_ns = mw_now_ns() + s.budget_ns;
+    mw_spin_worked(&s);
+    CHECK(s.until_ns > mw_now_ns());
     CHECK(pthread_create(&t, NULL, write_later, &efd) == 0);
     n = mw_epoll_spin(&s, ep, out, 4, 2000);
     CHECK(n == 1 && out[0].data.fd == efd);
@@ -87,11 +98,28 @@ int main(void)
     CHECK(s.budget_ns == 0 && s.until_ns == 0);
     CHECK(mw_epoll_spin(&s, ep, out, 4, 0) == 0);
 
-    /* the machine's load is read and gives a verdict either way */
-    mw_spin_init(&s, 0);
-    CHECK(s.ncpu >= 1);
-    n = mw_spin_machine_busy(&s);
-    CHECK(n == 0 || n == 1);
+    /* a CPU wanted by another task ends the poll at once: a busy thread on this CPU */
+    {
+        cpu_set_t one;
+
+        CPU_ZERO(&one);
+        CPU_SET(sched_getcpu() < 0 ? 0 : sched_getcpu(), &one);
+        if (sched_setaffinity(0, sizeof(one), &one) == 0) {
+            pthread_t hog;
+
+            CHECK(pthread_create(&hog, NULL, busy, NULL) == 0);
+            pthread_setaffinity_np(hog, sizeof(one), &one);
+            mw_spin_init(&s, MW_SPIN_US_MAX);
+            mw_spin_worked(&s);
+            s.until_ns = mw_now_ns() + 500000000u;     /* 0.5 s of budget */
+            t0 = mw_now_ns();
+            CHECK(mw_epoll_spin(&s, ep, out, 4, 1) == 0);
+            CHECK(s.yielded == 1);                     /* it gave up polling ... */
+            CHECK(mw_now_ns() - t0 < 400000000u);      /* ... long before the budget */
+            __atomic_store_n(&stop_busy, 1, __ATOMIC_RELEASE);
+            pthread_join(hog, NULL);
+        }
+    }
 
     close(efd);
     close(ep);

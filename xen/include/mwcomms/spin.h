@@ -8,10 +8,11 @@
  * short while before it sleeps, giving the CPU to anything else runnable between polls
  * (sched_yield). An idle engine sleeps as before.
  *
- * Polling pays only while a CPU would otherwise idle: when the machine has more runnable tasks
- * than CPUs, the engine itself included (the kernel's count in /proc/loadavg, read at most
- * every 10 ms), the engine sleeps at once, because a poller then holds a CPU that the next process of the chain
- * is waiting for (make bench --hog 2: round trips 2.3 times slower polling than not).
+ * Polling pays only while a CPU would otherwise idle. A poller that holds a CPU another task
+ * wants makes the whole chain wait for it (make bench --hog 2, two busy loops on two CPUs:
+ * round trips 2.3 times slower polling than sleeping). So the poll gives the CPU away after
+ * each look (sched_yield), and once a yield took long, i.e. another task ran on this CPU, it
+ * stops polling and sleeps.
  *
  * Header-only: both engines are in the same _native build and in the C test programs, which
  * list their sources.
@@ -20,28 +21,24 @@
 #define MWCOMMS_SPIN_H
 
 #include <errno.h>
-#include <fcntl.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <time.h>
-#include <unistd.h>
 
 /* the default poll budget after the last work done, in microseconds */
 #define MW_SPIN_US_DEFAULT 50u
 /* at most this, whatever the configuration says: a poll budget is not a way to burn a core */
 #define MW_SPIN_US_MAX 1000u
-/* how often the machine's runnable count is read again */
-#define MW_SPIN_BUSY_CHECK_NS 10000000u
+/* a sched_yield that took longer than this ran another task: the CPU is wanted */
+#define MW_SPIN_YIELDED_NS 5000u
 
 struct mw_spin {
     uint64_t budget_ns;        /* 0: never poll */
     uint64_t until_ns;         /* poll until then (CLOCK_MONOTONIC) */
-    uint64_t checked_ns;       /* when /proc/loadavg was last read */
-    long ncpu;
-    int busy;                  /* more runnable tasks than CPUs at the last reading */
+    uint64_t polls, yielded;   /* polls begun, and ended because the CPU was wanted */
 };
 
 static inline uint64_t mw_now_ns(void)
@@ -81,50 +78,13 @@ static inline void mw_spin_init(struct mw_spin *s, uint32_t configured)
 {
     memset(s, 0, sizeof(*s));
     s->budget_ns = (uint64_t)mw_spin_budget_us(configured) * 1000u;
-    s->ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    if (s->ncpu < 1)
-        s->ncpu = 1;
 }
 
-/* Whether the machine has more runnable tasks than CPUs (the caller among them): the 4th
- * field of /proc/loadavg, "runnable/total". Unknown counts as not busy. */
-static inline int mw_spin_machine_busy(const struct mw_spin *s)
-{
-    char buf[128], *slash;
-    ssize_t n;
-    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0)
-        return 0;
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    slash = strchr(buf, '/');
-    if (!slash)
-        return 0;
-    while (slash > buf && slash[-1] >= '0' && slash[-1] <= '9')
-        slash--;
-    return strtol(slash, NULL, 10) > s->ncpu;
-}
-
-/**
- * mw_spin_worked() - the loop has just done work: poll for up to the budget from now on,
- * unless the machine is busy.
- */
+/* The loop has just done work: poll for up to the budget from now on. */
 static inline void mw_spin_worked(struct mw_spin *s)
 {
-    uint64_t now;
-
-    if (!s->budget_ns)
-        return;
-    now = mw_now_ns();
-    if (now - s->checked_ns >= MW_SPIN_BUSY_CHECK_NS) {
-        s->busy = mw_spin_machine_busy(s);
-        s->checked_ns = now;
-    }
-    s->until_ns = s->busy ? 0 : now + s->budget_ns;
+    if (s->budget_ns)
+        s->until_ns = mw_now_ns() + s->budget_ns;
 }
 
 /**
@@ -136,14 +96,22 @@ static inline void mw_spin_worked(struct mw_spin *s)
 static inline int mw_epoll_spin(struct mw_spin *s, int ep, struct epoll_event *evs, int max,
                                 int timeout)
 {
-    if (timeout != 0) {
-        while (mw_now_ns() < s->until_ns) {
+    uint64_t now = mw_now_ns();
+
+    if (timeout != 0 && now < s->until_ns) {
+        s->polls++;
+        do {
             int n = epoll_wait(ep, evs, max, 0);
 
             if (n != 0)
                 return n;
             sched_yield();
-        }
+            if (mw_now_ns() - now > MW_SPIN_YIELDED_NS) {
+                s->yielded++;      /* another task ran here meanwhile: sleep */
+                break;
+            }
+            now = mw_now_ns();
+        } while (now < s->until_ns);
     }
     s->until_ns = 0;
     return epoll_wait(ep, evs, max, timeout);
