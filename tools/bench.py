@@ -4,15 +4,18 @@ Every case runs the same program twice per repeat, alternately:
 - natively: in a network namespace of its own with only loopback up (`unshare --net`), as the
   INS's is, so both sides see the same network;
 - forwarded: under `mwcomms run` against a backbone this harness brings up (`mwcomms up`, sim
-  backend) and takes down, so both ends of every connection live in the INS and every byte
-  crosses mwcommsd and the rings twice.
+  backend) and takes down. The micro-benchmarks (round trips, bulk, connection rate) run both
+  ends under the shim, so every byte crosses mwcommsd and the rings twice; the real workloads
+  run the server under the shim and the load generator natively in the INS's namespace, where
+  it stands for the network (redis2/http2: both ends under the shim, no target); `hold` runs
+  the client under the shim and the server in the INS's namespace.
 
 The load programs are C (tools/bench/mwload.c, compiled here with gcc) wherever Python would be
 the bottleneck; the real workloads are Debian's redis-benchmark against redis-server and wrk
 against nginx (tools/bench/install-deps.sh installs them). Results: a ratio table on stdout,
 <out>/results.json (one object per case) and <out>/results.png (bench_report).
 
-    python -m mwcomms.tools.bench [--quick] [--cases a,b] [--repeats N] [--out DIR]
+    python -m mwcomms.tools.bench [--quick] [--cases a,b] [--repeats N] [--hog N] [--out DIR]
 
 Benchmarks are not tests: nothing here asserts a speed; targets are printed as met/missed.
 """

@@ -25,7 +25,7 @@ _spec = importlib.util.spec_from_file_location(
 h = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(h)
 
-DATA_PAGES, SOCK_SLOTS = 64, 64     # a 256 KiB data area: two sockets' worth of 64 KiB rings
+DATA_PAGES, SOCK_SLOTS = 64, 64     # a 256 KiB data area: half a socket's worth of 256 KiB rings
 
 
 NOFILE = 64                         # a file descriptor limit a daemon reaches soon
@@ -98,7 +98,7 @@ def test_small_area_degrades_then_refuses_with_enobufs(small):
             assert exc.errno == errno.ENOBUFS, exc
             break
         assert len(socks) <= SOCK_SLOTS, "never refused"
-    # 64 KiB rings each way would fit 2 sockets; smaller ones fit several times as many
+    # full-size rings (256 KiB each way) would not fit one socket; smaller ones fit many
     assert len(socks) >= 8, len(socks)
     print(f"\n{len(socks)} sockets in a {DATA_PAGES * 4} KiB data area, then ENOBUFS")
     log = (small.tmp / "mwcommsd.log.err").read_text()
