@@ -1940,11 +1940,8 @@ static void front_trim_rings(struct ins_front *fe)
 static void probe_fronts(struct ins_engine *e)
 {
     struct ins_front *fe;
-    struct timespec ts;
-    int64_t now;
+    int64_t now = (int64_t)(mw_now_ns() / 1000000u);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     if (now < e->probe_at)
         return;
     e->probe_at = now + PROBE_MS;

@@ -2420,11 +2420,8 @@ static void rings_trim(struct mwfe *e)
  */
 static void ins_probe(struct mwfe *e)
 {
-    struct timespec ts;
-    int64_t now;
+    int64_t now = (int64_t)(mw_now_ns() / 1000000u);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     if (now < e->probe_at)
         return;
     e->probe_at = now + FE_PROBE_MS;
