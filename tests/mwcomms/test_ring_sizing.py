@@ -88,6 +88,24 @@ def few_fds(request, tmp_path):
     yield from _world(tmp_path, nofile={request.param: NOFILE})
 
 
+def _close_then_socket_again(c, socks, n, refused):
+    """Close the first @n of @socks: a new socket must work again within 10 s (until then
+    socket() may only fail with @refused); then close the rest."""
+    for _, fd in socks[:n]:
+        fd.close()
+
+    def another():
+        try:
+            socks.append(c.socket())
+            return True
+        except OSError as exc:
+            assert exc.errno == refused
+            return False
+    h._wait(another, 10, "a socket once others closed")
+    for _, fd in socks[n:]:
+        fd.close()
+
+
 def test_small_area_degrades_then_refuses_with_enobufs(small):
     c = h.Local(small.control)
     socks = []
@@ -114,19 +132,7 @@ def test_small_area_degrades_then_refuses_with_enobufs(small):
     assert hashlib.sha256(h._pump(peer, back, x)).digest() == hashlib.sha256(back).digest()
 
     # Closing sockets gives their rings back: new sockets work again.
-    for _, fd in socks[:4]:
-        fd.close()
-
-    def another():
-        try:
-            socks.append(c.socket())
-            return True
-        except OSError as exc:
-            assert exc.errno == errno.ENOBUFS
-            return False
-    h._wait(another, 10, "a socket once others closed")
-    for _, fd in socks[4:]:
-        fd.close()
+    _close_then_socket_again(c, socks, 4, errno.ENOBUFS)
     peer.close()
     lst.close()
     c.close()
@@ -151,19 +157,7 @@ def test_out_of_fds_answers_enfile_and_recovers(few_fds):
                   for name in ("mwcommsd.log.err", "ins.log", "ins.log.err")
                   if (few_fds.tmp / name).exists())
     assert "out of file descriptors" in log, log[-3000:]
-    for _, fd in socks[:3]:
-        fd.close()
-
-    def another():
-        try:
-            socks.append(c.socket())
-            return True
-        except OSError as exc:
-            assert exc.errno == errno.ENFILE
-            return False
-    h._wait(another, 10, "a socket once others closed")
-    for _, fd in socks[3:]:
-        fd.close()
+    _close_then_socket_again(c, socks, 3, errno.ENFILE)
     c.close()
 
 

@@ -38,7 +38,7 @@
 struct mw_spin {
     uint64_t budget_ns;        /* 0: never poll */
     uint64_t until_ns;         /* poll until then (CLOCK_MONOTONIC) */
-    uint64_t polls, yielded;   /* polls begun, and ended because the CPU was wanted */
+    uint64_t yielded;          /* polls ended because another task wanted the CPU */
 };
 
 static inline uint64_t mw_now_ns(void)
@@ -99,7 +99,6 @@ static inline int mw_epoll_spin(struct mw_spin *s, int ep, struct epoll_event *e
     uint64_t now = mw_now_ns();
 
     if (timeout != 0 && now < s->until_ns) {
-        s->polls++;
         do {
             int n = epoll_wait(ep, evs, max, 0);
 
